@@ -1,0 +1,3 @@
+from l2smerge.cli import main
+
+main()

@@ -1,0 +1,11 @@
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
+
+
+class L2SError(Exception):
+    """A user-facing error: bad input, missing file, unknown option.
+
+    The message must name the thing at fault (file, tensor, line, key) and, where it helps,
+    what to do about it. The CLI prints it as a single line and exits with code 2.
+    """
+
+    exit_code = 2
