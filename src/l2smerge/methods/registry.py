@@ -1,0 +1,76 @@
+"""The method registry: name -> pure tensor function + its parameter schema.
+
+A merge method is a plain function
+
+    fn(tensors: list[Tensor], base: Tensor | None, *, <params with defaults>, <context>) -> Tensor
+
+where `tensors` are the same-named float32 tensors of the `--model` models (in order), `base`
+is the base model's tensor (None for methods that need no base), the keyword-only parameters
+are what users set (`alpha`, `density`, ...), and a few reserved keyword names are *context*
+the executor supplies per tensor instead of the user (see CONTEXT_ARGS). Registering reads the
+signature, so adding a method is one function plus one `@register(...)` line.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Keyword arguments the executor fills in per tensor; never user parameters.
+#   tensor_name: the tensor's name in the checkpoint (e.g. "model.layers.3.mlp.up_proj.weight")
+#   generator:   a torch.Generator seeded from (seed, tensor_name), for random methods (DARE)
+#   importance:  per-input-channel importance in [0, 1] for this tensor (AIM), or None
+CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance"})
+
+MethodFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: MethodFn
+    params: dict[str, Any]  # user parameter name -> default value
+    context: frozenset[str]  # which CONTEXT_ARGS the function takes
+    needs_base: bool
+    summary: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(name: str, *, needs_base: bool = True) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature."""
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} registered twice")
+        params: dict[str, Any] = {}
+        context: set[str] = set()
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                continue
+            if p.name in CONTEXT_ARGS:
+                context.add(p.name)
+            else:
+                if p.default is inspect.Parameter.empty:
+                    raise ValueError(f"method {name!r}: parameter {p.name!r} needs a default")
+                params[p.name] = p.default
+        summary = (inspect.getdoc(fn) or "").split("\n")[0]
+        METHODS[name] = MergeMethod(name, fn, params, frozenset(context), needs_base, summary)
+        return fn
+
+    return decorate
+
+
+def get_method(name: str) -> MergeMethod:
+    from l2smerge.errors import L2SError
+
+    if name not in METHODS:
+        known = ", ".join(sorted(METHODS))
+        raise L2SError(f"unknown merge method {name!r}; known methods: {known}")
+    return METHODS[name]
