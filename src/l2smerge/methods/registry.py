@@ -27,6 +27,11 @@ import torch
 CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance"})
 
 MethodFn = Callable[..., torch.Tensor]
+# A method that needs statistics (AIM's activations, Sens's sensitivities) registers a
+# `prepare(config) -> per_tensor` hook. The executor calls it once before the tensor loop;
+# `per_tensor(tensor_name)` returns extra keyword arguments for that tensor: context values
+# (e.g. {"importance": I}) and/or per-tensor parameter overrides (e.g. {"alpha": [0.8]}).
+PrepareFn = Callable[[Any], Callable[[str], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,16 @@ class MergeMethod:
     context: frozenset[str]  # which CONTEXT_ARGS the function takes
     needs_base: bool
     summary: str = ""
+    prepare: PrepareFn | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 METHODS: dict[str, MergeMethod] = {}
 
 
-def register(name: str, *, needs_base: bool = True) -> Callable[[MethodFn], MethodFn]:
+def register(
+    name: str, *, needs_base: bool = True, prepare: PrepareFn | None = None
+) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature."""
 
     def decorate(fn: MethodFn) -> MethodFn:
@@ -61,7 +69,9 @@ def register(name: str, *, needs_base: bool = True) -> Callable[[MethodFn], Meth
                     raise ValueError(f"method {name!r}: parameter {p.name!r} needs a default")
                 params[p.name] = p.default
         summary = (inspect.getdoc(fn) or "").split("\n")[0]
-        METHODS[name] = MergeMethod(name, fn, params, frozenset(context), needs_base, summary)
+        METHODS[name] = MergeMethod(
+            name, fn, params, frozenset(context), needs_base, summary, prepare
+        )
         return fn
 
     return decorate
