@@ -1,0 +1,136 @@
+"""SVD-based merges: LoRE-Merging and Twin-Merging (its SVD part, without the router).
+
+Both work on 2-D tensors (linear weights, embeddings) through a thin SVD on the tensors' own
+device, so `--device cuda` moves the SVDs to the GPU. 1-D tensors (norms, biases) have no
+useful low-rank structure and follow the plain rule documented on each method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from l2smerge.errors import L2SError
+from l2smerge.methods.registry import register
+
+
+def truncate_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:
+    """Best rank-`rank` approximation of a 2-D tensor (Eckart–Young: keep the top singular
+    values). A rank at or above min(shape) returns the matrix unchanged."""
+    if rank >= min(matrix.shape):
+        return matrix.clone()
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+
+
+def singular_value_threshold(matrix: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Singular-value soft thresholding: every singular value shrinks by `threshold` and those
+    below it vanish. The proximal step of the nuclear norm, as LoRE-Merging uses it."""
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    s = (s - threshold).clamp_min(0)
+    keep = int((s > 0).sum())
+    return (u[:, :keep] * s[:keep]) @ vh[:keep]
+
+
+def largest_singular_value(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+@dataclass
+class LoreEstimate:
+    base: torch.Tensor  # the estimated common base θ0'
+    deltas: list[torch.Tensor]  # the low-rank task vectors δk
+    changes: list[float]  # relative change of θ0' at each iteration (convergence trace)
+
+
+def lore_estimate(
+    tensors: list[torch.Tensor],
+    *,
+    rank: int = 0,
+    threshold: float = 0.1,
+    iterations: int = 10,
+    tolerance: float = 1e-5,
+) -> LoreEstimate:
+    """Alternate θ0' = mean_k(θk − δk) and δk = low-rank(θk − θ0'), starting from θ0' = mean θk.
+
+    rank > 0: δk is the best rank-`rank` approximation of θk − θ0' (hard rank constraint).
+    rank = 0: δk is singular-value soft thresholding of θk − θ0' with μ = threshold × the
+    largest singular value among the initial residuals θk − mean θ (fixed once per tensor, so
+    the objective Σ‖θk − θ0' − δk‖² + 2μ Σ‖δk‖_* stays the same across iterations and block
+    coordinate descent decreases it monotonically). Stops early once θ0' changes by less than
+    `tolerance` relative to its norm.
+    """
+    stacked = torch.stack(tensors)
+    base = stacked.mean(dim=0)
+    if rank <= 0:
+        mu = threshold * max(largest_singular_value(t - base) for t in tensors)
+
+    def low_rank(residual: torch.Tensor) -> torch.Tensor:
+        if rank > 0:
+            return truncate_rank(residual, rank)
+        return singular_value_threshold(residual, mu)
+
+    changes: list[float] = []
+    for _ in range(max(iterations, 0)):
+        deltas = [low_rank(t - base) for t in tensors]
+        new_base = (stacked - torch.stack(deltas)).mean(dim=0)
+        change = float((new_base - base).norm() / new_base.norm().clamp_min(1e-12))
+        changes.append(change)
+        base = new_base
+        if change < tolerance:
+            break
+    deltas = [low_rank(t - base) for t in tensors]
+    return LoreEstimate(base, deltas, changes)
+
+
+@register("lore", needs_base=False)
+def lore(
+    tensors: list[torch.Tensor],
+    base: torch.Tensor | None,
+    *,
+    alpha: float = 1.0,
+    rank: int = 0,
+    threshold: float = 0.1,
+    iterations: int = 10,
+) -> torch.Tensor:
+    """LoRE-Merging: estimate a common base and low-rank task vectors by SVD, then θ0' + α·Σ δk.
+
+    Needs no base model. `rank` > 0 fixes the rank of every δk; `rank` = 0 (default) lets
+    singular-value thresholding at `threshold` × the largest singular value choose it.
+    1-D tensors have no low-rank structure: they get the plain mean of the models.
+    """
+    if rank < 0 or threshold < 0 or iterations < 0:
+        raise L2SError(
+            f"lore: rank ({rank}), threshold ({threshold}) and iterations ({iterations}) "
+            "must be >= 0"
+        )
+    if tensors[0].ndim != 2:
+        return torch.stack(tensors).mean(dim=0)
+    estimate = lore_estimate(tensors, rank=rank, threshold=threshold, iterations=iterations)
+    return estimate.base + alpha * torch.stack(estimate.deltas).sum(dim=0)
+
+
+@register("twin", needs_base=True)
+def twin(
+    tensors: list[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    alpha: float = 0.7,
+    rank: int = 64,
+) -> torch.Tensor:
+    """Twin-Merging (no router): shared TA merge + the mean of each model's rank-r exclusive part.
+
+    shared = θ0 + α·Σ δk; exclusive_k = θk − shared, compressed to rank `rank` by SVD;
+    θ = shared + (1/K)·Σ_k exclusive_k^(r). The uniform 1/K stands in for Twin-Merging's
+    input-dependent router, which a static checkpoint cannot carry. At full rank this is
+    exactly the mean of the models. 1-D tensors keep their exclusive parts whole (a vector is
+    already rank 1).
+    """
+    if rank < 1:
+        raise L2SError(f"twin: rank must be >= 1, got {rank}")
+    shared = base + alpha * torch.stack([t - base for t in tensors]).sum(dim=0)
+    exclusive = [t - shared for t in tensors]
+    if shared.ndim == 2:
+        exclusive = [truncate_rank(e, rank) for e in exclusive]
+    return shared + torch.stack(exclusive).mean(dim=0)
