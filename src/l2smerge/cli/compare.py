@@ -1,0 +1,62 @@
+"""`l2smerge compare RUN_A RUN_B -o DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from l2smerge.cli import app
+
+
+@app.command("compare")
+def compare_command(
+    run_a: Path = typer.Argument(..., help="Run directory A (the reference, e.g. System 2)."),
+    run_b: Path = typer.Argument(..., help="Run directory B (e.g. a merged model)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder for compare.json/.md."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Benchmark folder; shows question text next to the responses."
+    ),
+    max_examples: int = typer.Option(
+        10, "--max-examples", help="Discordant items shown per direction in compare.md."
+    ),
+    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the bootstrap and permutation test."),
+) -> None:
+    """Compare two runs item by item: accuracy delta (paired bootstrap CI, McNemar), length
+    ratio, reflective ratio, per level, and the items one got right and the other wrong."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from l2smerge.compare import write_compare
+
+    result = write_compare(
+        run_a,
+        run_b,
+        out,
+        data_dir=data_dir,
+        max_examples=max_examples,
+        resamples=resamples,
+        seed=seed,
+    )
+    a, b = result["run_a"]["label"], result["run_b"]["label"]
+    table = Table(title=f"A = {a}   B = {b}")
+    for col in ("benchmark", "n", "acc A", "acc B", "Δ [95% CI]", "p", "tokens B/A [95% CI]"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    rows = [*result["benchmarks"].items(), ("macro average", result["average"])]
+    for name, s in rows:
+        lo, hi = s["delta_ci95"]
+        rlo, rhi = s["tokens_ratio_ci95"]
+        ratio = "–" if s["tokens_ratio"] is None else f"{s['tokens_ratio']:.2f}"
+        table.add_row(
+            name,
+            str(s["n"]),
+            f"{100 * s['accuracy_a']:.1f}",
+            f"{100 * s['accuracy_b']:.1f}",
+            f"{100 * s['delta']:+.1f} [{100 * (lo or 0):+.1f}, {100 * (hi or 0):+.1f}]",
+            f"{s['p_value']:.3g}",
+            f"{ratio} [{rlo or 0:.2f}, {rhi or 0:.2f}]",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {Path(out) / 'compare.json'} and {Path(out) / 'compare.md'}")

@@ -1,0 +1,442 @@
+"""`l2smerge compare RUN_A RUN_B`: what changed between two runs, on the items both evaluated.
+
+Per benchmark: accuracy delta (B − A) with a paired bootstrap 95% interval and an exact McNemar
+p-value; mean-token ratio (B / A) with a bootstrap interval; reflective-ratio change; a
+per-level view where items carry a level (MATH500, lab). The macro average weights every
+benchmark equally; its interval is a stratified paired bootstrap and its p-value a sign-flip
+permutation test (the multi-benchmark analogue of McNemar). The items one run got right and
+the other got wrong are written out with both responses side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2smerge.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from l2smerge.errors import L2SError
+from l2smerge.runs import Run, is_reflective, level_of, load_run
+from l2smerge.stats import (
+    DEFAULT_RESAMPLES,
+    mcnemar_exact,
+    sign_flip_p_value,
+    stratified_bootstrap,
+)
+
+QUESTION_FIELDS = ("question", "problem")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: undefined numbers become null."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _reflective_ratio(records: list[dict[str, Any]]) -> float | None:
+    flags = [is_reflective(r) for r in records]
+    if not flags or any(f is None for f in flags):
+        return None
+    return sum(bool(f) for f in flags) / len(flags)
+
+
+def _paired_arrays(pairs: list[tuple[dict, dict]]) -> tuple[np.ndarray, ...]:
+    correct_a = np.array([a["correct"] for a, _ in pairs], dtype=float)
+    correct_b = np.array([b["correct"] for _, b in pairs], dtype=float)
+    tokens_a = np.array([a["tokens"] for a, _ in pairs], dtype=float)
+    tokens_b = np.array([b["tokens"] for _, b in pairs], dtype=float)
+    return correct_a, correct_b, tokens_a, tokens_b
+
+
+def _describe(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """Point figures (no intervals) for a set of paired records."""
+    correct_a, correct_b, tokens_a, tokens_b = _paired_arrays(pairs)
+    n = len(pairs)
+    refl_a = _reflective_ratio([a for a, _ in pairs])
+    refl_b = _reflective_ratio([b for _, b in pairs])
+    return {
+        "n": n,
+        "accuracy_a": float(correct_a.mean()),
+        "accuracy_b": float(correct_b.mean()),
+        "delta": float(correct_b.mean() - correct_a.mean()),
+        "mean_tokens_a": float(tokens_a.mean()),
+        "mean_tokens_b": float(tokens_b.mean()),
+        "tokens_ratio": _clean(_ratio(tokens_b.mean(), tokens_a.mean())),
+        "reflective_ratio_a": refl_a,
+        "reflective_ratio_b": refl_b,
+        "reflective_ratio_delta": (
+            None if refl_a is None or refl_b is None else float(refl_b - refl_a)
+        ),
+    }
+
+
+def _bench_comparison(
+    pairs: list[tuple[dict, dict]], *, resamples: int, seed: int
+) -> dict[str, Any]:
+    out = _describe(pairs)
+    correct_a, correct_b, tokens_a, tokens_b = _paired_arrays(pairs)
+    a_only = int(np.sum((correct_a == 1) & (correct_b == 0)))
+    b_only = int(np.sum((correct_a == 0) & (correct_b == 1)))
+    delta_ci = stratified_bootstrap(
+        [[correct_b - correct_a]],
+        lambda s: float(s[0][0].mean()),
+        resamples=resamples,
+        seed=seed,
+    )
+    ratio_ci = stratified_bootstrap(
+        [[tokens_a, tokens_b]],
+        lambda s: _ratio(s[0][1].mean(), s[0][0].mean()),
+        resamples=resamples,
+        seed=seed,
+    )
+    out.update(
+        {
+            "delta_ci95": [_clean(delta_ci[0]), _clean(delta_ci[1])],
+            "p_value": mcnemar_exact(a_only, b_only),
+            "tokens_ratio_ci95": [_clean(ratio_ci[0]), _clean(ratio_ci[1])],
+            "a_right_b_wrong": a_only,
+            "b_right_a_wrong": b_only,
+            "both_right": int(np.sum((correct_a == 1) & (correct_b == 1))),
+            "both_wrong": int(np.sum((correct_a == 0) & (correct_b == 0))),
+            "truncated_a": sum(bool(a.get("truncated")) for a, _ in pairs),
+            "truncated_b": sum(bool(b.get("truncated")) for _, b in pairs),
+        }
+    )
+    levels: dict[str, list[tuple[dict, dict]]] = {}
+    for a, b in pairs:
+        level = level_of(a) or level_of(b)
+        if level is not None:
+            levels.setdefault(level, []).append((a, b))
+    if levels:
+        out["levels"] = {lv: _describe(levels[lv]) for lv in sorted(levels, key=_level_key)}
+    return out
+
+
+def _level_key(level: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(level))
+    except ValueError:
+        return (1, level)
+
+
+def _macro(
+    per_bench: dict[str, dict[str, Any]],
+    bench_pairs: dict[str, list[tuple[dict, dict]]],
+    *,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    names = list(per_bench)
+    arrays = {b: _paired_arrays(bench_pairs[b]) for b in names}
+
+    def mean_of(key: str) -> float | None:
+        values = [per_bench[b][key] for b in names]
+        if any(v is None for v in values):
+            return None
+        return float(np.mean(values))
+
+    tokens_a = mean_of("mean_tokens_a")
+    tokens_b = mean_of("mean_tokens_b")
+    refl_a, refl_b = mean_of("reflective_ratio_a"), mean_of("reflective_ratio_b")
+    delta_ci = stratified_bootstrap(
+        [[arrays[b][1] - arrays[b][0]] for b in names],
+        lambda s: float(np.mean([x[0].mean() for x in s])),
+        resamples=resamples,
+        seed=seed,
+    )
+    ratio_ci = stratified_bootstrap(
+        [[arrays[b][2], arrays[b][3]] for b in names],
+        lambda s: _ratio(np.mean([x[1].mean() for x in s]), np.mean([x[0].mean() for x in s])),
+        resamples=resamples,
+        seed=seed,
+    )
+    if len(names) == 1:
+        p_value = per_bench[names[0]]["p_value"]
+    else:
+        p_value = sign_flip_p_value([arrays[b][1] - arrays[b][0] for b in names], seed=seed)
+    return {
+        "benchmarks": names,
+        "n": sum(per_bench[b]["n"] for b in names),
+        "accuracy_a": mean_of("accuracy_a"),
+        "accuracy_b": mean_of("accuracy_b"),
+        "delta": mean_of("delta"),
+        "delta_ci95": [_clean(delta_ci[0]), _clean(delta_ci[1])],
+        "p_value": p_value,
+        "mean_tokens_a": tokens_a,
+        "mean_tokens_b": tokens_b,
+        "tokens_ratio": _clean(_ratio(tokens_b, tokens_a)),
+        "tokens_ratio_ci95": [_clean(ratio_ci[0]), _clean(ratio_ci[1])],
+        "reflective_ratio_a": refl_a,
+        "reflective_ratio_b": refl_b,
+        "reflective_ratio_delta": None if refl_a is None or refl_b is None else refl_b - refl_a,
+        "a_right_b_wrong": sum(per_bench[b]["a_right_b_wrong"] for b in names),
+        "b_right_a_wrong": sum(per_bench[b]["b_right_a_wrong"] for b in names),
+    }
+
+
+def compare_runs(
+    run_a: Run, run_b: Run, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """The content of compare.json for two loaded runs (without the item lists' responses)."""
+    shared = [key for key in run_a.records if key in run_b.records]
+    if not shared:
+        raise L2SError(
+            f"{run_a.path} and {run_b.path} share no (bench, id) items; "
+            "evaluate both on the same benchmarks"
+        )
+    bench_pairs: dict[str, list[tuple[dict, dict]]] = {}
+    for key in shared:
+        bench_pairs.setdefault(key[0], []).append((run_a.records[key], run_b.records[key]))
+    per_bench = {
+        bench: _bench_comparison(pairs, resamples=resamples, seed=seed)
+        for bench, pairs in bench_pairs.items()
+    }
+    for bench, stats in per_bench.items():
+        stats["only_in_a"] = sum(1 for b, _ in run_a.records if b == bench) - stats["n"]
+        stats["only_in_b"] = sum(1 for b, _ in run_b.records if b == bench) - stats["n"]
+    return {
+        "run_a": {"label": run_a.label, "path": str(run_a.path)},
+        "run_b": {"label": run_b.label, "path": str(run_b.path)},
+        "method": {
+            "delta": "accuracy of B minus accuracy of A on the shared items",
+            "delta_ci95": "paired percentile bootstrap (macro: stratified by benchmark)",
+            "p_value": "exact two-sided McNemar on discordant pairs "
+            "(macro over several benchmarks: paired sign-flip permutation test)",
+            "tokens_ratio": "mean tokens of B / mean tokens of A "
+            "(macro: ratio of the means of the per-benchmark means)",
+            "resamples": resamples,
+            "seed": seed,
+        },
+        "benchmarks": per_bench,
+        "average": _macro(per_bench, bench_pairs, resamples=resamples, seed=seed),
+        "skipped_benchmarks": {
+            "only_in_a": sorted(set(run_a.benches) - set(bench_pairs)),
+            "only_in_b": sorted(set(run_b.benches) - set(bench_pairs)),
+        },
+    }
+
+
+def discordant_items(
+    run_a: Run, run_b: Run, *, data_dir: Path | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(A right & B wrong, B right & A wrong), each item with both responses side by side."""
+    questions = _QuestionLookup(data_dir)
+    a_wins: list[dict[str, Any]] = []
+    b_wins: list[dict[str, Any]] = []
+    for key, a in run_a.records.items():
+        b = run_b.records.get(key)
+        if b is None or a["correct"] == b["correct"]:
+            continue
+        item = {
+            "bench": key[0],
+            "id": key[1],
+            "level": level_of(a) or level_of(b),
+            "question": questions.get(*key),
+            "gold": a.get("gold", b.get("gold")),
+            "a": {k: a.get(k) for k in ("extracted", "tokens", "truncated", "response")},
+            "b": {k: b.get(k) for k in ("extracted", "tokens", "truncated", "response")},
+        }
+        (a_wins if a["correct"] else b_wins).append(item)
+    return a_wins, b_wins
+
+
+class _QuestionLookup:
+    """Question text by (bench, id) from <data_dir>/<bench>/test.jsonl, read lazily."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self.cache: dict[str, list[str | None]] = {}
+
+    def get(self, bench: str, item_id: int) -> str | None:
+        if self.data_dir is None:
+            return None
+        if bench not in self.cache:
+            path = self.data_dir / bench / "test.jsonl"
+            rows: list[str | None] = []
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    row = json.loads(line) if line.strip() else {}
+                    rows.append(next((row[f] for f in QUESTION_FIELDS if f in row), None))
+            self.cache[bench] = rows
+        rows = self.cache[bench]
+        return rows[item_id] if 0 <= item_id < len(rows) else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _signed_pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def _ci_pct(ci: list[float | None]) -> str:
+    if ci[0] is None or ci[1] is None:
+        return "–"
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _num(x: float | None, fmt: str = ".0f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _ratio_ci(ci: list[float | None]) -> str:
+    if ci[0] is None or ci[1] is None:
+        return "–"
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(
+    result: dict[str, Any],
+    a_wins: list[dict[str, Any]],
+    b_wins: list[dict[str, Any]],
+    *,
+    max_examples: int = 10,
+) -> str:
+    a, b = result["run_a"]["label"], result["run_b"]["label"]
+    rows = []
+    for name, s in [*result["benchmarks"].items(), ("**macro average**", result["average"])]:
+        rows.append(
+            [
+                name,
+                str(s["n"]),
+                _pct(s["accuracy_a"]),
+                _pct(s["accuracy_b"]),
+                f"{_signed_pct(s['delta'])} {_ci_pct(s['delta_ci95'])}",
+                _p(s["p_value"]),
+                _num(s["mean_tokens_a"]),
+                _num(s["mean_tokens_b"]),
+                f"{_num(s['tokens_ratio'], '.2f')} {_ratio_ci(s['tokens_ratio_ci95'])}",
+                f"{_pct(s['reflective_ratio_a'])} → {_pct(s['reflective_ratio_b'])}",
+                f"{s['a_right_b_wrong']} / {s['b_right_a_wrong']}",
+            ]
+        )
+    parts = [
+        f"# Compare: A = `{a}`, B = `{b}`",
+        "",
+        f"A: `{result['run_a']['path']}`  ",
+        f"B: `{result['run_b']['path']}`",
+        "",
+        "Accuracy in %, delta = B − A in points with its 95% paired-bootstrap interval; "
+        "p = exact McNemar (macro: sign-flip permutation test); tokens ratio = mean tokens "
+        "B / A with its 95% bootstrap interval; only items both runs evaluated count.",
+        "",
+        _md_table(
+            [
+                "benchmark",
+                "n",
+                "acc A",
+                "acc B",
+                "Δ acc [95% CI]",
+                "p",
+                "tokens A",
+                "tokens B",
+                "ratio [95% CI]",
+                "reflective % A → B",
+                "A✓B✗ / A✗B✓",
+            ],
+            rows,
+        ),
+    ]
+    for name, s in result["benchmarks"].items():
+        if "levels" not in s:
+            continue
+        parts += ["", f"## {name} by level", ""]
+        level_rows = [
+            [
+                lv,
+                str(x["n"]),
+                _pct(x["accuracy_a"]),
+                _pct(x["accuracy_b"]),
+                _signed_pct(x["delta"]),
+                _num(x["mean_tokens_a"]),
+                _num(x["mean_tokens_b"]),
+                _num(x["tokens_ratio"], ".2f"),
+                f"{_pct(x['reflective_ratio_a'])} → {_pct(x['reflective_ratio_b'])}",
+            ]
+            for lv, x in s["levels"].items()
+        ]
+        parts.append(
+            _md_table(
+                ["level", "n", "acc A", "acc B", "Δ", "tokens A", "tokens B", "ratio", "refl. %"],
+                level_rows,
+            )
+        )
+    for title, items, fname in (
+        (f"A right, B wrong (what `{b}` dropped)", a_wins, "a_right_b_wrong.jsonl"),
+        (f"B right, A wrong (what `{b}` gained)", b_wins, "b_right_a_wrong.jsonl"),
+    ):
+        parts += ["", f"## {title}: {len(items)} items", ""]
+        if len(items) > max_examples:
+            parts.append(f"The first {max_examples} are shown; all are in `{fname}`.\n")
+        for item in items[:max_examples]:
+            parts.append(_side_by_side(item, a, b))
+    return "\n".join(parts) + "\n"
+
+
+def _side_by_side(item: dict[str, Any], label_a: str, label_b: str) -> str:
+    esc = html.escape
+    head = f"### {item['bench']} #{item['id']}"
+    if item.get("level") is not None:
+        head += f" (level {item['level']})"
+    lines = [head, ""]
+    if item.get("question"):
+        lines += [f"**Question:** {esc(str(item['question']))}", ""]
+    lines += [f"**Gold:** `{item.get('gold')}`", ""]
+    cells = []
+    for label, side in ((label_a, item["a"]), (label_b, item["b"])):
+        meta = f"answer <code>{esc(str(side.get('extracted')))}</code>, {side.get('tokens')} tokens"
+        if side.get("truncated"):
+            meta += ", truncated"
+        cells.append(
+            f'<td valign="top"><b>{esc(label)}</b>: {meta}'
+            f'<pre style="white-space: pre-wrap">{esc(str(side.get("response") or ""))}</pre></td>'
+        )
+    lines += ["<table><tr>" + "".join(cells) + "</tr></table>", ""]
+    return "\n".join(lines)
+
+
+def write_compare(
+    run_a: str | Path,
+    run_b: str | Path,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    max_examples: int = 10,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare two run directories; write compare.json, compare.md and the discordant items."""
+    a, b = load_run(run_a), load_run(run_b)
+    if a.label == b.label:
+        a.label, b.label = f"A:{a.label}", f"B:{b.label}"
+    result = compare_runs(a, b, resamples=resamples, seed=seed)
+    a_wins, b_wins = discordant_items(a, b, data_dir=Path(data_dir) if data_dir else None)
+    result["a_right_b_wrong"] = [{"bench": x["bench"], "id": x["id"]} for x in a_wins]
+    result["b_right_a_wrong"] = [{"bench": x["bench"], "id": x["id"]} for x in b_wins]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "a_right_b_wrong.jsonl", a_wins)
+    write_jsonl_atomic(out / "b_right_a_wrong.jsonl", b_wins)
+    write_text_atomic(
+        out / "compare.md", render_markdown(result, a_wins, b_wins, max_examples=max_examples)
+    )
+    write_json_atomic(out / "compare.json", result)
+    return result

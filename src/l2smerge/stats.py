@@ -1,0 +1,108 @@
+"""Small, exact statistics for comparing runs: Wilson intervals, exact McNemar, paired and
+stratified bootstraps, and a sign-flip test for a macro average. numpy only, always seeded."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054
+DEFAULT_RESAMPLES = 2000
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion `correct / n` (sane at 0 and n)."""
+    if n <= 0:
+        return (0.0, 0.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs (right in one run only) are
+    Binomial(a_only + b_only, 1/2) under "no difference"."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    # P(X <= k) for X ~ Bin(n, 1/2), summed in log space to stay exact for large n.
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+        for i in range(k + 1)
+    ]
+    top = max(log_terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+    return min(1.0, 2 * tail)
+
+
+def _groups(values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(v, dtype=float) for v in values]
+
+
+def stratified_bootstrap(
+    strata: Sequence[Sequence[np.ndarray]],
+    statistic,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile interval of `statistic` under a paired, stratified bootstrap.
+
+    `strata` is a list (one per benchmark) of equally long paired arrays, e.g. [correct_a,
+    correct_b]; items are resampled with replacement inside each stratum, keeping pairs
+    together. `statistic(resampled_strata)` gets the same nested shape back and returns a
+    float (nan when undefined, e.g. a ratio over zero; those draws are ignored)."""
+    rng = np.random.default_rng(seed)
+    strata = [_groups(arrays) for arrays in strata]
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        sample = []
+        for arrays in strata:
+            n = len(arrays[0])
+            idx = rng.integers(0, n, n) if n else np.zeros(0, dtype=int)
+            sample.append([a[idx] for a in arrays])
+        draws[r] = statistic(sample)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def sign_flip_p_value(
+    differences: Sequence[np.ndarray],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> float:
+    """Two-sided paired permutation p-value for a macro mean of per-item differences.
+
+    `differences` holds one array per benchmark (b − a per shared item). Under "the two runs
+    are exchangeable", each item's difference is as likely to be flipped in sign; the
+    statistic is the mean over benchmarks of the per-benchmark mean difference. With one
+    benchmark and 0/1 verdicts this is a Monte Carlo McNemar test."""
+    diffs = [np.asarray(d, dtype=float) for d in differences if len(d)]
+    if not diffs:
+        return 1.0
+
+    observed = abs(float(np.mean([d.mean() for d in diffs])))
+    if observed == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    hits = 0
+    chunk = 500
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        macro = np.zeros(size)
+        for d in diffs:
+            signs = rng.integers(0, 2, size=(size, d.size)) * 2.0 - 1.0
+            macro += signs @ d / d.size
+        macro /= len(diffs)
+        hits += int(np.sum(np.abs(macro) >= observed - 1e-12))
+    # +1 so the estimate is never exactly 0 (the observed labelling is one permutation).
+    return (hits + 1) / (resamples + 1)

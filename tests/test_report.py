@@ -1,0 +1,101 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from run_fixtures import paired_runs, write_run
+
+from l2smerge.errors import L2SError
+from l2smerge.report import write_report
+
+
+def _system1(tmp_path):
+    rows = [{"bench": "gsm8k", "id": i, "correct": i < 80, "tokens": 200} for i in range(200)]
+    rows += [
+        {"bench": "math500", "id": i, "correct": i < 30, "tokens": 300, "level": 1 + i % 5}
+        for i in range(100)
+    ]
+    return write_run(tmp_path / "system1", rows)
+
+
+def test_report_table_plots_cost_and_offline_html(tmp_path):
+    system2, merged = paired_runs(tmp_path)
+    system1 = _system1(tmp_path)
+    out = tmp_path / "report"
+    summary = write_report([system1, system2, merged], out, price_per_mtok=2.0)
+    assert summary["reference"] == "system2"
+    runs = {r["label"]: r for r in summary["runs"]}
+    # merged: gsm8k half the tokens, math500 0.4x -> macro tokens change vs system2
+    s2, m = runs["system2"], runs["merged"]
+    assert s2["length_change"] == pytest.approx(0.0)
+    expected = m["average"]["mean_tokens"] / s2["average"]["mean_tokens"] - 1
+    assert m["length_change"] == pytest.approx(expected)
+    assert -0.6 < m["length_change"] < -0.5
+    assert m["benchmarks"]["gsm8k"]["accuracy"] == pytest.approx(0.7)
+    lo, hi = m["benchmarks"]["gsm8k"]["accuracy_ci95"]
+    assert lo < 0.7 < hi
+    assert m["cost"]["tokens_per_1000_queries"] == pytest.approx(1000 * m["average"]["mean_tokens"])
+    assert m["cost"]["dollars_per_1000_queries"] == pytest.approx(
+        m["cost"]["tokens_per_1000_queries"] * 2.0 / 1e6
+    )
+    assert runs["system2"]["levels"]["math500"]["5"]["mean_tokens"] == 2500
+    # system1 (short, less accurate) and merged (short, more accurate than system1) are
+    # both on the front; system2 (longest) is dominated by merged (more accurate on gsm8k).
+    assert set(summary["pareto_front"]) == {"system1", "merged"}
+
+    for name in ("accuracy_vs_tokens", "by_level", "length_distribution"):
+        png = out / f"{name}.png"
+        assert png.stat().st_size > 1000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "length change" in md and "level 5" in md and "$ per 1,000 queries" in md
+    assert "(accuracy_vs_tokens.png)" in md
+    page = (out / "report.html").read_text()
+    assert not re.search(r"https?://", page), "the HTML must not load anything from the web"
+    assert not re.search(r"""(src|href)=['"](?!data:)""", page)
+    assert page.count("src='data:image/png;base64,") == 3
+    assert json.loads((out / "report.json").read_text())["pareto_front"]
+
+
+def test_reference_option_and_errors(tmp_path):
+    system2, merged = paired_runs(tmp_path)
+    summary = write_report([system2, merged], tmp_path / "r", reference="merged")
+    runs = {r["label"]: r for r in summary["runs"]}
+    assert runs["merged"]["length_change"] == pytest.approx(0.0)
+    assert runs["system2"]["length_change"] > 0.9
+    with pytest.raises(L2SError, match="--reference 'nope'"):
+        write_report([system2, merged], tmp_path / "r2", reference="nope")
+    only = write_run(tmp_path / "other", [{"bench": "aime24", "id": 0, "correct": 1, "tokens": 9}])
+    summary = write_report([only], tmp_path / "r3")
+    assert summary["reference"] is None and summary["runs"][0]["length_change"] is None
+    assert not (tmp_path / "r3" / "by_level.png").exists()  # no levels, no level plot
+
+
+def test_cli_report(tmp_path):
+    system2, merged = paired_runs(tmp_path, n=40)
+    out = tmp_path / "rep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "l2smerge",
+            "report",
+            str(system2),
+            str(merged),
+            "-o",
+            str(out),
+            "--price-per-mtok",
+            "0.6",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "merged" in proc.stdout and (out / "report.html").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2smerge", "report", str(tmp_path / "missing"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "missing" in proc.stderr

@@ -1,0 +1,41 @@
+import math
+
+import numpy as np
+import pytest
+
+from l2smerge.stats import mcnemar_exact, sign_flip_p_value, stratified_bootstrap, wilson_interval
+
+
+def test_wilson_known_value():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4)
+    assert hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_mcnemar_exact_matches_binomial_by_hand():
+    # 1 vs 9 discordant pairs: 2 * P(X <= 1), X ~ Bin(10, 1/2) = 2 * 11 / 1024
+    assert mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(9, 1) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0
+    # large counts stay finite and tiny
+    assert 0 < mcnemar_exact(100, 300) < 1e-20
+
+
+def test_bootstrap_interval_contains_mean_and_is_seeded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 1.0, 400)
+    ci = stratified_bootstrap([[x]], lambda s: float(s[0][0].mean()), seed=3, resamples=500)
+    assert ci[0] < x.mean() < ci[1]
+    assert ci[1] - ci[0] == pytest.approx(2 * 1.96 / math.sqrt(400), rel=0.25)
+    again = stratified_bootstrap([[x]], lambda s: float(s[0][0].mean()), seed=3, resamples=500)
+    assert ci == again
+
+
+def test_sign_flip_agrees_with_mcnemar_on_one_benchmark():
+    diffs = np.array([1.0] * 9 + [-1.0] * 1 + [0.0] * 40)
+    p = sign_flip_p_value([diffs], resamples=20000, seed=0)
+    assert p == pytest.approx(mcnemar_exact(1, 9), abs=0.006)
+    assert sign_flip_p_value([np.zeros(10)]) == 1.0
