@@ -1,0 +1,481 @@
+"""The streaming merge executor: a plain loop over tensor names.
+
+For each output tensor: read the same-named tensor of every input (the next one is read in a
+background thread while this one is computed), convert to float32 on the chosen device, call
+the method's pure function, check the result, cast it to the output dtype and append its bytes
+to the output shard. Memory stays at a few copies of the largest tensor whatever the model
+size. Everything is checked before the first byte is written, and the output is built in a
+temporary folder beside OUT and renamed at the end, so a failed merge never leaves OUT behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2smerge.checkpoint import (
+    DTYPE_NAMES,
+    Checkpoint,
+    PlannedTensor,
+    ShardedWriter,
+    copy_side_files,
+    dtype_name,
+    parse_size,
+)
+from l2smerge.errors import L2SError
+from l2smerge.merge_config import MergeConfig, ParameterResolver, check_range
+from l2smerge.methods import MergeMethod, get_method
+from l2smerge.provenance import Fingerprinter, write_provenance
+
+# lm_head name -> the embedding it is tied to, per architecture family.
+TIED_HEADS = {
+    "lm_head.weight": (
+        "model.embed_tokens.weight",
+        "model.language_model.embed_tokens.weight",
+        "transformer.wte.weight",
+    ),
+}
+# Tensors whose first dimension is the vocabulary (may differ between models: see _plan).
+VOCAB_MARKERS = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_out")
+
+
+@dataclass
+class TensorJob:
+    """One output tensor: where each input's copy is read from and how rows line up."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    sources: list[tuple[Checkpoint, str]]  # (checkpoint, stored name) per input: models, base
+    shared_rows: int | None = None  # vocab rule: rows merged; the rest come from `reference`
+    reference: tuple[Checkpoint, str] | None = None
+    copy_only: bool = False  # non-float tensors: copied from the reference
+
+
+@dataclass
+class MergePlan:
+    config: MergeConfig
+    method: MergeMethod
+    allowed: dict[str, Any]
+    checkpoints: dict[Path, Checkpoint]
+    models: list[Checkpoint]
+    base: Checkpoint | None
+    reference: Checkpoint
+    jobs: list[TensorJob]
+    out_dtype: torch.dtype
+    tied_output: bool
+    num_layers: int
+    device: torch.device
+    extra_fns: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(s[0].info(s[1]).nbytes for job in self.jobs for s in job.sources)
+
+
+# -- checking and planning -------------------------------------------------------------------
+
+
+def method_parameters(config: MergeConfig) -> tuple[MergeMethod, dict[str, Any]]:
+    """The method and every parameter name it accepts -> default (inner method's too)."""
+    method = get_method(config.method)
+    allowed = {k: v for k, v in method.params.items() if k != "on"}
+    if config.on is not None:
+        if "on" not in method.params:
+            raise L2SError(f"method {config.method!r} does not wrap another method; drop --on")
+        inner = get_method(config.on)
+        allowed = {**inner.params, **allowed}
+    for where, params in [("parameters", config.parameters)] + [
+        (f"models[{i}] ({m.path})", m.parameters) for i, m in enumerate(config.models)
+    ]:
+        for name, value in params.items():
+            if name not in allowed:
+                takes = ", ".join(sorted(allowed)) or "no parameters"
+                raise L2SError(
+                    f"{where}: method {config.method!r} has no parameter {name!r} (takes: {takes})"
+                )
+            check_range(name, value, where)
+    return method, allowed
+
+
+def _tied_source(ckpt: Checkpoint, name: str) -> str | None:
+    if name in ckpt:
+        return name
+    if ckpt.tie_word_embeddings:
+        for embed in TIED_HEADS.get(name, ()):
+            if embed in ckpt:
+                return embed
+    return None
+
+
+def _num_layers(ckpt: Checkpoint) -> int:
+    cfg = ckpt.config.get("text_config", ckpt.config)
+    if isinstance(cfg.get("num_hidden_layers"), int):
+        return cfg["num_hidden_layers"]
+    import re
+
+    found = [int(m.group(1)) for n in ckpt.tensors if (m := re.search(r"\.(\d+)\.", n))]
+    return max(found) + 1 if found else 1
+
+
+def _dominant_float_dtype(ckpt: Checkpoint) -> torch.dtype:
+    sizes: dict[torch.dtype, int] = {}
+    for info in ckpt.tensors.values():
+        if info.dtype.is_floating_point:
+            sizes[info.dtype] = sizes.get(info.dtype, 0) + info.nbytes
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
+
+
+def plan_merge(config: MergeConfig) -> MergePlan:
+    """Check the whole merge (method, parameters, inputs, tensor names and shapes) and plan it,
+    without writing anything."""
+    method, allowed = method_parameters(config)
+    if not config.models:
+        raise L2SError("no models to merge: pass at least one --model")
+    if method.needs_base and config.base is None:
+        raise L2SError(f"method {config.method!r} needs a base model: pass --base")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise L2SError(f"--device {config.device}: no CUDA device is available")
+
+    checkpoints: dict[Path, Checkpoint] = {}
+
+    def open_(path: Path) -> Checkpoint:
+        key = Path(path).resolve()
+        if key not in checkpoints:
+            checkpoints[key] = Checkpoint(key, allow_pickle=config.allow_pickle)
+        return checkpoints[key]
+
+    models = [open_(p) for p in config.model_paths]
+    base = open_(config.base) if config.base is not None else None
+    source_path = Path(config.config_source).resolve()
+    inputs = {c.path.resolve() for c in models} | ({base.path.resolve()} if base else set())
+    if config.tokenizer_from is not None and source_path not in inputs:
+        raise L2SError(
+            f"--tokenizer-from {config.tokenizer_from}: must be the base or one of the --model "
+            "inputs (its vocabulary rows are taken into the output)"
+        )
+    reference = open_(source_path)
+    used = models + ([base] if (base is not None and method.needs_base) else [])
+    labels = {id(c): str(c.path) for c in used}
+
+    tied_output = all(c.tie_word_embeddings for c in used + [reference])
+    names = reference.names()
+    if not tied_output:
+        for head, embeds in TIED_HEADS.items():
+            if head not in reference and any(e in reference for e in embeds):
+                names.append(head)  # an untied input needs its own head in the output
+    out_dtype = (
+        DTYPE_NAMES[config.dtype] if config.dtype else _dominant_float_dtype(base or reference)
+    )
+
+    wanted = set(names)
+    for ckpt in used:
+        for name in ckpt.tensors:
+            if name not in wanted and not (tied_output and name in TIED_HEADS):
+                raise L2SError(
+                    f"{ckpt.path}: tensor {name!r} is not in {reference.path} "
+                    "(the models do not share an architecture)"
+                )
+
+    jobs: list[TensorJob] = []
+    for name in names:
+        sources = []
+        for ckpt in used:
+            stored = _tied_source(ckpt, name)
+            if stored is None:
+                raise L2SError(f"{ckpt.path}: tensor {name!r} is missing (present in others)")
+            sources.append((ckpt, stored))
+        ref_stored = _tied_source(reference, name)
+        assert ref_stored is not None
+        ref_info = reference.info(ref_stored)
+        shapes = [ckpt.info(stored).shape for ckpt, stored in sources]
+        job = TensorJob(name, ref_info.shape, out_dtype, sources)
+        if not ref_info.dtype.is_floating_point:
+            job.copy_only = True
+            job.dtype = ref_info.dtype
+            job.sources = [(reference, ref_stored)]
+        elif any(s != ref_info.shape for s in shapes):
+            rows_only = all(
+                len(s) == len(ref_info.shape) and s[1:] == ref_info.shape[1:] for s in shapes
+            )
+            if rows_only and any(m in name for m in VOCAB_MARKERS) and ref_info.shape:
+                job.shared_rows = min([ref_info.shape[0]] + [s[0] for s in shapes])
+                job.reference = (reference, ref_stored)
+            else:
+                bad = next(i for i, s in enumerate(shapes) if s != ref_info.shape)
+                raise L2SError(
+                    f"tensor {name!r}: shape {tuple(shapes[bad])} in {labels[id(sources[bad][0])]} "
+                    f"but {tuple(ref_info.shape)} in {reference.path}"
+                )
+        jobs.append(job)
+
+    device = torch.device(config.device)
+    return MergePlan(
+        config,
+        method,
+        allowed,
+        checkpoints,
+        models,
+        base,
+        reference,
+        jobs,
+        out_dtype,
+        tied_output,
+        _num_layers(reference),
+        device,
+    )
+
+
+# -- output folder ---------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; rename it to `out` only if the block succeeds."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.partial-"
+    for stale in out.parent.glob(prefix + "*"):  # left by a killed merge
+        pid = stale.name[len(prefix) :]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f"{prefix}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            if not force:
+                raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output_path(out: Path, config: MergeConfig, *, force: bool) -> None:
+    out = out.resolve()
+    if out.exists() and not force:
+        raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+    for p in [config.base, *config.model_paths, config.tokenizer_from, config.calibration]:
+        if p is None:
+            continue
+        p = Path(p).resolve()
+        if p == out or out in p.parents:
+            raise L2SError(f"-o {out}: is (or holds) the input {p}; choose another output")
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+def tensor_generator(seed: int, tensor_name: str) -> torch.Generator:
+    """A CPU generator seeded from a stable hash of (seed, tensor name): the same merge gives
+    the same random masks on every run, machine and device."""
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(f"{seed}:{tensor_name}".encode()) + (seed << 32))
+    return g
+
+
+def _read_job(job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    tensors = [ckpt.read(stored) for ckpt, stored in job.sources]
+    ref = job.reference[0].read(job.reference[1]) if job.reference is not None else None
+    return tensors, ref
+
+
+def _merge_one(
+    plan: MergePlan,
+    job: TensorJob,
+    raw: list[torch.Tensor],
+    ref: torch.Tensor | None,
+    resolver: ParameterResolver,
+    per_tensor: list[Callable[[str], dict[str, Any]]],
+) -> torch.Tensor:
+    config, method = plan.config, plan.method
+    if job.copy_only:
+        return raw[0]
+    rows = job.shared_rows
+    n_models = len(plan.models)
+    inputs = [
+        (t[:rows] if rows is not None else t).to(device=plan.device, dtype=torch.float32)
+        for t in raw
+    ]
+    tensors, base = inputs[:n_models], (inputs[n_models] if method.needs_base else None)
+    kwargs = resolver.resolve(job.name)
+    if "on" in method.params:
+        kwargs["on"] = config.on if config.on is not None else method.params["on"]
+    context = {"tensor_name": job.name, "importance": None}
+    if "generator" in method.context or config.on is not None:
+        context["generator"] = tensor_generator(config.seed, job.name)
+    for fn in per_tensor:
+        extra = fn(job.name)
+        for key, value in extra.items():
+            (context if key in context or key == "generator" else kwargs)[key] = value
+    for key, value in context.items():
+        if key in method.context:
+            kwargs[key] = value
+    try:
+        result = method.fn(tensors, base, **kwargs)
+    except ValueError as exc:
+        raise L2SError(f"tensor {job.name!r}: {config.method}: {exc}") from exc
+    expected = tuple(tensors[0].shape)
+    if tuple(result.shape) != expected:
+        raise L2SError(
+            f"tensor {job.name!r}: {config.method} returned shape {tuple(result.shape)}, "
+            f"expected {expected}"
+        )
+    if not bool(torch.isfinite(result).all()):
+        bad = [
+            str(c.path)
+            for (c, _), t in zip(job.sources, inputs, strict=True)
+            if not bool(torch.isfinite(t).all())
+        ]
+        cause = f"input already non-finite in {', '.join(bad)}" if bad else "check the parameters"
+        raise L2SError(f"tensor {job.name!r}: the merge produced NaN/Inf ({cause})")
+    result = result.to(dtype=job.dtype, device="cpu")
+    if rows is not None:
+        # Vocabulary rule: rows every input has are merged, the rest are the reference's.
+        assert ref is not None
+        full = ref.to(job.dtype)
+        full[:rows] = result
+        return full
+    return result
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]merging"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tensors"),
+        TextColumn("{task.fields[gb]:.2f} GB read"),
+        TextColumn("{task.fields[rate]:.2f} GB/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run the tensor loop, writing shards into `out_dir`. Returns output facts."""
+    config = plan.config
+    resolver = ParameterResolver(config, plan.allowed, plan.num_layers)
+    per_tensor: list[Callable[[str], dict[str, Any]]] = []
+    if config.on is not None and get_method(config.on).prepare is not None:
+        per_tensor.append(get_method(config.on).prepare(config))
+    if plan.method.prepare is not None:
+        per_tensor.append(plan.method.prepare(config))
+
+    writer = ShardedWriter(
+        out_dir,
+        [PlannedTensor(j.name, j.shape, j.dtype) for j in plan.jobs],
+        parse_size(config.max_shard_size),
+    )
+    read_bytes = 0
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2smerge-read")
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("merge", total=len(plan.jobs), gb=0.0, rate=0.0)
+            pending: Future | None = pool.submit(_read_job, plan.jobs[0]) if plan.jobs else None
+            for i, job in enumerate(plan.jobs):
+                assert pending is not None
+                raw, ref = pending.result()
+                # Read ahead: the next tensor's bytes arrive while this one is computed.
+                pending = (
+                    pool.submit(_read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
+                )
+                read_bytes += sum(t.numel() * t.element_size() for t in raw)
+                merged = _merge_one(plan, job, raw, ref, resolver, per_tensor)
+                del raw, ref
+                writer.write(job.name, merged)
+                del merged
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=1, gb=read_bytes / 1e9, rate=read_bytes / 1e9 / elapsed)
+        files = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {
+        "num_tensors": len(plan.jobs),
+        "num_shards": len(files),
+        "dtype": dtype_name(plan.out_dtype),
+        "total_bytes": writer.total_size,
+        "tie_word_embeddings": plan.tied_output,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _write_config(plan: MergePlan, out_dir: Path) -> None:
+    import json
+
+    config = dict(plan.reference.config)
+    name = dtype_name(plan.out_dtype)
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = name
+    if "dtype" not in config and "torch_dtype" not in config:
+        config["dtype"] = name
+    config["tie_word_embeddings"] = plan.tied_output
+    if isinstance(config.get("text_config"), dict):
+        config["text_config"] = {**config["text_config"], "tie_word_embeddings": plan.tied_output}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def resolved_parameters(plan: MergePlan) -> dict[str, Any]:
+    """Every parameter of the method: the config's spec where given, else the default."""
+    return {
+        name: plan.config.parameters.get(name, default) for name, default in plan.allowed.items()
+    }
+
+
+def run_merge(
+    config: MergeConfig, out: Path, *, progress: bool = True, force: bool = False
+) -> Path:
+    """Merge as `config` says into the model folder `out` (atomically). Returns `out`."""
+    out = Path(out).resolve()
+    config = config.relative_to(Path.cwd())
+    check_output_path(out, config, force=force)
+    plan = plan_merge(config)
+    fingerprints = Fingerprinter({str(c.path): c.files for c in plan.checkpoints.values()}).start()
+    with atomic_output(out, force=force) as tmp:
+        output = execute(plan, tmp, progress=progress)
+        _write_config(plan, tmp)
+        copy_side_files(plan.reference.path, tmp)
+        write_provenance(
+            tmp,
+            config,
+            parameters=resolved_parameters(plan),
+            fingerprints=fingerprints.join(),
+            output=output,
+        )
+    return out
