@@ -1,0 +1,420 @@
+"""`l2smerge sweep SWEEP.yaml -o DIR`: merge and evaluate every point of a sweep, find the
+accuracy/length Pareto front and choose the operating point by a stated rule.
+
+DIR layout (every file written atomically):
+    points.jsonl            one line per finished point (rewritten as each point finishes)
+    pareto.json             the front: maximise macro accuracy, minimise macro mean tokens
+    selection.json          the rule, its numbers and the chosen point
+    reference/<label>/      the reference run (when the sweep gives a model to evaluate)
+    baselines/<label>/      other runs for the report (e.g. System 1)
+    points/<id>/run/        each point's run directory (results.jsonl + summary.json)
+    points/<id>/model/      its merged checkpoint, deleted after evaluation unless keep_models
+    report/                 l2smerge report over reference, baselines and points
+
+Resuming: a point already in points.jsonl is skipped; a point whose run finished but was not
+recorded is read back without merging again; a half-evaluated point resumes its run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from l2smerge.atomic import write_json_atomic, write_jsonl_atomic
+from l2smerge.compare import compare_runs
+from l2smerge.errors import L2SError
+from l2smerge.pareto import pareto_front
+from l2smerge.report import summarise, write_report
+from l2smerge.runs import load_run
+from l2smerge.selection import choose
+from l2smerge.sweep_spec import Point, RunSource, SweepSpec, expand_points, load_sweep, parse_sweep
+
+POINTS_FILE = "points.jsonl"
+COMPARE_RESAMPLES = 1000
+
+
+# ------------------------------------------------------------------ one point (also a Ray task)
+
+
+def merge_and_evaluate(
+    spec_data: dict[str, Any], point_key: dict[str, Any], point_dir: str, progress: bool
+) -> dict[str, Any]:
+    """Merge one point into point_dir/model, evaluate it into point_dir/run, delete the model
+    unless keep_models. Plain-data arguments so that it runs unchanged as a Ray task."""
+    from l2smerge.eval import evaluate
+    from l2smerge.merge import run_merge
+    from l2smerge.merge_config import MergeConfig
+
+    spec = SweepSpec.model_validate(spec_data)
+    folder = Path(point_dir)
+    model_dir, run_dir = folder / "model", folder / "run"
+    timings = {"merge_seconds": 0.0, "eval_seconds": 0.0}
+    if not (run_dir / "summary.json").is_file():
+        if not (model_dir / "l2smerge.json").is_file():
+            if model_dir.exists():  # left by an interrupted merge of this very point
+                shutil.rmtree(model_dir)
+            config = MergeConfig.build(
+                method=point_key["method"],
+                models=spec.models,
+                base=spec.base,
+                parameters=point_key["parameters"],
+                preset=point_key["preset"],
+                on=point_key["on"],
+                **spec.merge,
+            )
+            start = time.perf_counter()
+            run_merge(config, model_dir, progress=progress)
+            timings["merge_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        _evaluate(evaluate, spec, model_dir, run_dir, progress=progress)
+        timings["eval_seconds"] = time.perf_counter() - start
+    if not spec.keep_models and model_dir.exists():
+        shutil.rmtree(model_dir)
+    return {
+        "run_dir": str(run_dir),
+        "model_dir": str(model_dir) if model_dir.exists() else None,
+        **timings,
+    }
+
+
+def _evaluate(
+    evaluate, spec: SweepSpec, model: Path, run_dir: Path, *, progress: bool, **override: Any
+) -> dict:
+    e = spec.eval
+    kwargs: dict[str, Any] = dict(
+        out_dir=run_dir,
+        backend=e.backend,
+        data_dir=e.data_dir,
+        max_tokens=e.max_tokens,
+        limit=e.limit,
+        prompt=e.prompt,
+        batch_size=e.batch_size,
+        device=e.device,
+        progress=progress,
+        **e.options,
+    )
+    kwargs.update({k: v for k, v in override.items() if v is not None})
+    return evaluate(str(model), e.benches, **kwargs)
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+class Sweep:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        out_dir: Path,
+        *,
+        progress: bool = True,
+        ray_address: str | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.spec = spec
+        self.out = out_dir
+        self.progress = progress
+        self.ray_address = ray_address
+        self.console = console or Console(quiet=not progress)
+        self.records: dict[str, dict[str, Any]] = self._load_points()
+        self.reference_run = None
+        self._remote = None
+
+    # -- files ---------------------------------------------------------------------------
+    def _load_points(self) -> dict[str, dict[str, Any]]:
+        path = self.out / POINTS_FILE
+        records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    records[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise L2SError(f"{path}:{lineno}: not a points.jsonl record") from None
+        return records
+
+    def _save_points(self) -> None:
+        write_jsonl_atomic(self.out / POINTS_FILE, self.records.values())
+
+    # -- reference and baselines ----------------------------------------------------------
+    def _source_run(self, source: RunSource, folder: str) -> Path:
+        if source.run is not None:
+            load_run(source.run)  # fail now, naming the file, not after hours of merging
+            return source.run
+        from l2smerge.eval import evaluate
+
+        run_dir = self.out / folder / source.name
+        if not (run_dir / "summary.json").is_file():
+            self.console.rule(f"evaluating {folder} {source.name}")
+            _evaluate(evaluate, self.spec, source.model, run_dir, progress=self.progress)
+        return run_dir
+
+    # -- points -------------------------------------------------------------------------
+    def _record(self, point: Point, outcome: dict[str, Any]) -> dict[str, Any]:
+        run = load_run(outcome["run_dir"], point.label)
+        stats = summarise(run)
+        record: dict[str, Any] = {
+            "id": point.id,
+            "label": point.label,
+            "source": point.source,
+            **point.key(),
+            "run_dir": outcome["run_dir"],
+            "model_dir": outcome["model_dir"],
+            "accuracy": stats.average["accuracy"],
+            "accuracy_ci95": stats.average["accuracy_ci95"],
+            "mean_tokens": stats.average["mean_tokens"],
+            "reflective_ratio": stats.average["reflective_ratio"],
+            "benchmarks": {
+                b: {
+                    "n": g.n,
+                    "accuracy": g.accuracy,
+                    "mean_tokens": g.mean_tokens,
+                    "reflective_ratio": g.reflective_ratio,
+                }
+                for b, g in stats.benches.items()
+            },
+            "vs_reference": None,
+            "merge_seconds": outcome.get("merge_seconds", 0.0),
+            "eval_seconds": outcome.get("eval_seconds", 0.0),
+        }
+        if self.reference_run is not None:
+            cmp = compare_runs(self.reference_run, run, resamples=COMPARE_RESAMPLES)["average"]
+            record["vs_reference"] = {
+                k: cmp[k]
+                for k in (
+                    "n",
+                    "delta",
+                    "delta_ci95",
+                    "p_value",
+                    "tokens_ratio",
+                    "tokens_ratio_ci95",
+                    "accuracy_a",
+                    "accuracy_b",
+                )
+            }
+            record["vs_reference"]["reference_accuracy"] = record["vs_reference"].pop("accuracy_a")
+            record["vs_reference"]["point_accuracy"] = record["vs_reference"].pop("accuracy_b")
+        return record
+
+    def _point_dir(self, point: Point) -> Path:
+        return self.out / "points" / point.id
+
+    def _finish(self, point: Point, outcome: dict[str, Any], index: int, total: int) -> dict:
+        record = self._record(point, outcome)
+        self.records[point.id] = record
+        self._save_points()
+        line = (
+            f"[{index}/{total}] {point.label}: accuracy {100 * record['accuracy']:.1f}%, "
+            f"{record['mean_tokens']:.0f} mean tokens"
+        )
+        if record["vs_reference"]:
+            v = record["vs_reference"]
+            line += f", delta {100 * v['delta']:+.1f} pts (p = {v['p_value']:.3g})"
+        self.console.print(line)
+        return record
+
+    def _run_local(self, point: Point) -> dict[str, Any]:
+        return merge_and_evaluate(
+            self.spec.model_dump(mode="json"),
+            point.key(),
+            str(self._point_dir(point)),
+            self.progress,
+        )
+
+    def _ray_remote(self):
+        if self._remote is None:
+            try:
+                import ray
+            except ModuleNotFoundError:
+                raise L2SError("--ray: Ray is not installed; pip install 'l2smerge[ray]'") from None
+            if not ray.is_initialized():
+                address = None if self.ray_address in (None, "local") else self.ray_address
+                ray.init(address=address, include_dashboard=False, log_to_driver=self.progress)
+            gpus = ray.cluster_resources().get("GPU", 0)
+            options = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+            self.console.print(
+                f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus:.0f} GPUs; "
+                f"each point gets {'one GPU' if gpus >= 1 else 'one CPU'}"
+            )
+            self._remote = ray.remote(**options)(merge_and_evaluate)
+        return self._remote
+
+    def _run_points(self, points: list[Point]) -> None:
+        total = len(points)
+        todo = [p for p in points if p.id not in self.records]
+        done = total - len(todo)
+        if done:
+            self.console.print(f"{done} of {total} points already finished; skipping them")
+        if self.ray_address is None:
+            for point in todo:
+                done += 1
+                self.console.rule(f"[{done}/{total}] {point.label}")
+                self._finish(point, self._run_local(point), done, total)
+            return
+        import ray
+
+        remote = self._ray_remote()
+        spec_data = self.spec.model_dump(mode="json")
+        pending = {
+            remote.remote(spec_data, p.key(), str(self._point_dir(p)), False): p for p in todo
+        }
+        self.console.print(f"submitted {len(pending)} points to Ray")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            point = pending.pop(ready[0])
+            done += 1
+            try:
+                outcome = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                if isinstance(cause, L2SError):
+                    raise L2SError(str(cause).splitlines()[-1]) from None
+                raise
+            self._finish(point, outcome, done, total)
+
+    def _run_search(self) -> None:
+        from l2smerge.sweep_search import AdaptiveSearch
+
+        search = self.spec.search
+        finished = [r for r in self.records.values() if r["source"] == "search"]
+        engine = AdaptiveSearch(search, finished)
+        total = search.trials
+        if finished:
+            self.console.print(f"search: {len(finished)} of {total} trials already finished")
+        while engine.remaining:
+            trial, point = engine.ask()
+            index = total - engine.remaining + 1
+            if point.id in self.records:  # the sampler proposed a point we already have
+                engine.tell(trial, self.records[point.id])
+                continue
+            self.console.rule(f"search [{index}/{total}] {point.label}")
+            if self.ray_address is None:
+                outcome = self._run_local(point)
+            else:
+                import ray
+
+                outcome = ray.get(
+                    self._ray_remote().remote(
+                        self.spec.model_dump(mode="json"),
+                        point.key(),
+                        str(self._point_dir(point)),
+                        False,
+                    )
+                )
+            engine.tell(trial, self._finish(point, outcome, index, total))
+
+    # -- the whole sweep -----------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / "sweep.json", self.spec.model_dump(mode="json"))
+        points = expand_points(self.spec)
+        reference_dir = None
+        if self.spec.reference is not None:
+            reference_dir = self._source_run(self.spec.reference, "reference")
+            self.reference_run = load_run(reference_dir, self.spec.reference.name)
+        baseline_dirs = [self._source_run(b, "baselines") for b in self.spec.baselines]
+        self._run_points(points)
+        if self.spec.search is not None:
+            self._run_search()
+        try:
+            records = list(self.records.values())
+            pareto = self._pareto(records)
+            selection = choose(
+                records,
+                rule=self.spec.selection.rule,
+                alpha=self.spec.selection.alpha,
+                has_reference=self.reference_run is not None,
+            )
+        finally:
+            if self.ray_address is not None:
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()
+        write_json_atomic(self.out / "pareto.json", pareto)
+        write_json_atomic(self.out / "selection.json", selection)
+        for line in selection["lines"]:
+            self.console.print(line)
+        result = {
+            "points": records,
+            "pareto": pareto,
+            "selection": selection,
+            "reference": None if reference_dir is None else str(reference_dir),
+            "report": None,
+        }
+        if self.spec.report and records:
+            run_dirs = [r["run_dir"] for r in records]
+            labels = [r["label"] for r in records]
+            if reference_dir is not None:
+                run_dirs.insert(0, str(reference_dir))
+                labels.insert(0, self.spec.reference.name)
+            for source, path in zip(self.spec.baselines, baseline_dirs, strict=True):
+                run_dirs.insert(0, str(path))
+                labels.insert(0, source.name)
+            write_report(
+                run_dirs,
+                self.out / "report",
+                labels=labels,
+                reference=None if reference_dir is None else self.spec.reference.name,
+                title="l2smerge sweep",
+                notes="\n".join(["Operating point selection:", *selection["lines"]]),
+            )
+            result["report"] = str(self.out / "report")
+            self.console.print(f"report: {self.out / 'report' / 'report.html'}")
+        return result
+
+    def _pareto(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        acc = [r["accuracy"] for r in records]
+        tok = [r["mean_tokens"] for r in records]
+        front = {records[i]["id"] for i in pareto_front(acc, tok)} if records else set()
+        reference = None
+        if self.reference_run is not None:
+            ref = summarise(self.reference_run)
+            reference = {
+                "label": self.reference_run.label,
+                "accuracy": ref.average["accuracy"],
+                "mean_tokens": ref.average["mean_tokens"],
+            }
+        return {
+            "objectives": "maximise macro accuracy, minimise macro mean tokens",
+            "front": [records[i]["id"] for i in pareto_front(acc, tok)] if records else [],
+            "points": [
+                {
+                    "id": r["id"],
+                    "label": r["label"],
+                    "accuracy": r["accuracy"],
+                    "mean_tokens": r["mean_tokens"],
+                    "on_front": r["id"] in front,
+                }
+                for r in sorted(records, key=lambda r: r["mean_tokens"])
+            ],
+            "reference": reference,
+        }
+
+
+def run_sweep(
+    spec: SweepSpec | dict[str, Any] | str | Path,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    ray_address: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a sweep. `spec`: a SweepSpec, a dict in the SWEEP.yaml format (relative
+    paths from the current folder) or the path of a SWEEP.yaml. `ray_address`: None runs the
+    points here one after another; "local" starts a local Ray instance; "auto" or
+    "ray://host:port" joins a cluster. Returns {"points", "pareto", "selection",
+    "reference", "report"}."""
+    if isinstance(spec, (str, Path)):
+        spec = load_sweep(spec)
+    elif isinstance(spec, dict):
+        spec = parse_sweep(spec, Path.cwd() / "sweep")
+    return Sweep(
+        spec, Path(out_dir), progress=progress, ray_address=ray_address, console=console
+    ).run()

@@ -1,0 +1,68 @@
+"""Adaptive search over continuous merge parameters with Optuna (optional: `pip install
+'l2smerge[optuna]'`).
+
+Two objectives, macro accuracy (maximise) and macro mean tokens (minimise), so the
+multi-objective TPE sampler spends its trials near the accuracy/length front rather than on a
+single trade-off. Finished trials are read back from points.jsonl on a rerun, so a resumed
+search continues from where it stopped instead of starting over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from l2smerge.errors import L2SError
+from l2smerge.sweep_spec import Point, SearchSpec
+
+
+class AdaptiveSearch:
+    def __init__(self, spec: SearchSpec, finished: list[dict[str, Any]]) -> None:
+        try:
+            import optuna
+        except ModuleNotFoundError:
+            raise L2SError(
+                "search: adaptive search needs Optuna; pip install 'l2smerge[optuna]' "
+                "(or remove the search: key)"
+            ) from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna = optuna
+        self.spec = spec
+        self.distributions = {
+            name: optuna.distributions.FloatDistribution(low, high)
+            for name, (low, high) in spec.params.items()
+        }
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.seed,
+            n_startup_trials=max(2, min(10, spec.trials // 3)),
+            multivariate=True,
+        )
+        self.study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        for record in finished:
+            params = {k: record["parameters"][k] for k in self.distributions}
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions=self.distributions,
+                    values=[record["accuracy"], record["mean_tokens"]],
+                )
+            )
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.spec.trials - len(self.study.trials))
+
+    def ask(self) -> tuple[Any, Point]:
+        for name, (low, high) in self.spec.params.items():
+            if not low < high:
+                raise L2SError(f"search.params.{name}: need low < high, got [{low}, {high}]")
+        trial = self.study.ask(self.distributions)
+        params = {
+            name: round(trial.params[name], self.spec.decimals) for name in self.distributions
+        }
+        point = Point(
+            self.spec.method, {**self.spec.fixed, **params}, on=self.spec.on, source="search"
+        )
+        return trial, point
+
+    def tell(self, trial: Any, record: dict[str, Any]) -> None:
+        self.study.tell(trial, [record["accuracy"], record["mean_tokens"]])

@@ -1,0 +1,304 @@
+"""SWEEP.yaml: which merges to try and how to evaluate them. docs/sweep.md has the format.
+
+base: models/system1              # relative paths are taken from the sweep file's folder
+models: [models/system1, models/system2]
+merge: {dtype: float32}           # MergeConfig fields shared by every point
+points:                           # an explicit list ...
+  - {preset: ties@7b}
+  - {method: task_arithmetic, alpha: 0.7}
+grid:                             # ... and/or cartesian products (lists are axes)
+  - {method: [ties, dare_ties], alpha: [0.7, 1.0], density: 0.2}
+search:                           # ... and/or an adaptive search (needs `pip install optuna`)
+  method: ties
+  params: {alpha: [0.3, 1.3], density: [0.1, 0.9]}
+  trials: 12
+eval: {benches: [gsm8k, math500], backend: hf, limit: 100, max_tokens: 4096}
+reference: {model: models/system2, label: system2}   # or {run: runs/system2}
+baselines: [{model: models/system1, label: system1}]
+selection: {rule: shortest_not_worse, alpha: 0.05}
+keep_models: false
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from l2smerge.errors import L2SError
+
+# Keys of a point that are not method parameters.
+POINT_KEYS = ("method", "on", "preset")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalSpec(_Strict):
+    benches: list[str]
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    data_dir: Path | None = None
+    limit: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    prompt: str = "auto"
+    batch_size: int | None = Field(default=None, ge=1)
+    device: str | None = None
+    options: dict[str, Any] = {}  # extra backend options (e.g. tensor_parallel_size for vllm)
+
+    @field_validator("benches", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return (
+            [b.strip() for b in value.split(",") if b.strip()] if isinstance(value, str) else value
+        )
+
+
+class RunSource(_Strict):
+    """A run to compare against: an existing run directory, or a model evaluated with the
+    sweep's eval spec."""
+
+    run: Path | None = None
+    model: Path | None = None
+    label: str | None = None
+
+    def model_post_init(self, _: Any) -> None:
+        if (self.run is None) == (self.model is None):
+            raise ValueError("give exactly one of `run` (a run directory) or `model`")
+
+    @property
+    def name(self) -> str:
+        return self.label or (self.run or self.model).name  # type: ignore[union-attr]
+
+
+class SearchSpec(_Strict):
+    method: str
+    on: str | None = None
+    params: dict[str, tuple[float, float]]  # name -> [low, high]
+    fixed: dict[str, Any] = {}
+    trials: int = Field(ge=1)
+    seed: int = 0
+    decimals: int = Field(default=2, ge=0, le=6)  # suggested values are rounded (stable ids)
+
+
+class SelectionSpec(_Strict):
+    rule: Literal["auto", "shortest_not_worse", "most_accurate"] = "auto"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class SweepSpec(_Strict):
+    base: Path | None = None
+    models: list[Path]
+    merge: dict[str, Any] = {}
+    points: list[dict[str, Any]] = []
+    grid: list[dict[str, Any]] = []
+    search: SearchSpec | None = None
+    eval: EvalSpec
+    reference: RunSource | None = None
+    baselines: list[RunSource] = []
+    selection: SelectionSpec = SelectionSpec()
+    keep_models: bool = False
+    report: bool = True
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _one_grid(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    def resolved(self, folder: Path) -> SweepSpec:
+        """Paths made absolute against `folder` (the sweep file's folder)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else folder / p).resolve()
+
+        def fix_source(s: RunSource | None) -> RunSource | None:
+            if s is None:
+                return None
+            return s.model_copy(update={"run": fix(s.run), "model": fix(s.model)})
+
+        merge = dict(self.merge)
+        for key in ("calibration", "tokenizer_from"):
+            if merge.get(key) is not None:
+                merge[key] = str(fix(Path(merge[key])))
+        return self.model_copy(
+            update={
+                "base": fix(self.base),
+                "models": [fix(m) for m in self.models],
+                "merge": merge,
+                "eval": self.eval.model_copy(update={"data_dir": fix(self.eval.data_dir)}),
+                "reference": fix_source(self.reference),
+                "baselines": [fix_source(b) for b in self.baselines],
+            }
+        )
+
+
+class Point:
+    """One merge configuration of the sweep: method (+ inner method or preset) and params."""
+
+    def __init__(
+        self,
+        method: str | None,
+        parameters: dict[str, Any],
+        *,
+        on: str | None = None,
+        preset: str | None = None,
+        source: str = "list",
+    ) -> None:
+        self.method = method
+        self.on = on
+        self.preset = preset
+        self.parameters = dict(sorted(parameters.items()))
+        self.source = source  # "list", "grid" or "search"
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "on": self.on,
+            "preset": self.preset,
+            "parameters": self.parameters,
+        }
+
+    @property
+    def id(self) -> str:
+        """Stable across runs: a hash of the configuration, so resuming finds finished points
+        even if the sweep file lists them in another order."""
+        blob = json.dumps(self.key(), sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        return f"{_slug(self.label)}-{digest}"
+
+    @property
+    def label(self) -> str:
+        name = self.preset or self.method or "?"
+        if self.on and not self.preset:
+            name = f"{name}+{self.on}"
+        inner = ",".join(f"{k}={_fmt(v)}" for k, v in self.parameters.items())
+        return f"{name}({inner})" if inner else name
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.@_=-]+", "_", text).strip("_")[:60]
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "sweep"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key missing"
+    return f"{where}: {msg}"
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate SWEEP.yaml; every error names the key at fault."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise L2SError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise L2SError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_sweep(data, path)
+
+
+def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
+    """Validate a sweep given as a dict (`path` is used for messages and relative paths)."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise L2SError(f"{path}: a sweep file is a YAML mapping (models:, grid:, eval:, ...)")
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise L2SError(f"{path}: {_first_error(exc)}") from None
+    if not (spec.points or spec.grid or spec.search):
+        raise L2SError(f"{path}: points/grid/search: the sweep has no merge to try; add one")
+    spec = spec.resolved(path.parent)
+    expand_points(spec, path)  # validates every point now, before any work
+    return spec
+
+
+def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
+    """The listed and grid points, in file order, without duplicates (search points are
+    proposed later, one trial at a time)."""
+    points: list[Point] = []
+    for i, entry in enumerate(spec.points):
+        points.append(_point(entry, f"{path}: points[{i}]", "list"))
+    for g, grid in enumerate(spec.grid):
+        where = f"{path}: grid[{g}]"
+        if not isinstance(grid, dict) or not grid:
+            raise L2SError(f"{where}: a grid is a mapping of key -> value or list of values")
+        axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.items()}
+        for key, values in axes.items():
+            if not values:
+                raise L2SError(f"{where}.{key}: empty list of values")
+        for combo in itertools.product(*axes.values()):
+            points.append(_point(dict(zip(axes, combo, strict=True)), where, "grid"))
+    if spec.search is not None:
+        _check_method(
+            spec.search.method,
+            spec.search.on,
+            {**spec.search.fixed, **dict.fromkeys(spec.search.params)},
+            f"{path}: search",
+        )
+    unique: dict[str, Point] = {}
+    for p in points:
+        unique.setdefault(p.id, p)
+    return list(unique.values())
+
+
+def _point(entry: Any, where: str, source: str) -> Point:
+    if not isinstance(entry, dict):
+        raise L2SError(f"{where}: a point is a mapping (method: ..., alpha: ...)")
+    method, on, preset = (entry.get(k) for k in POINT_KEYS)
+    params = {k: v for k, v in entry.items() if k not in POINT_KEYS}
+    if preset is not None:
+        from l2smerge.presets import PRESETS
+
+        if preset not in PRESETS:
+            raise L2SError(f"{where}.preset: unknown preset {preset!r}")
+        spec = PRESETS[preset]
+        if method is not None and method != spec["method"]:
+            raise L2SError(f"{where}.method: {method} conflicts with preset {preset}")
+        _check_method(spec["method"], spec.get("on"), {**spec["parameters"], **params}, where)
+    elif method is None:
+        raise L2SError(f"{where}.method: required (or give a preset)")
+    else:
+        _check_method(method, on, params, where)
+    for key, value in params.items():
+        if isinstance(value, list):
+            raise L2SError(f"{where}.{key}: a list here is a grid axis; put it under grid:")
+    return Point(method, params, on=on, preset=preset, source=source)
+
+
+def _check_method(method: str, on: str | None, params: dict[str, Any], where: str) -> None:
+    """The method exists and takes these parameters (when the registry can tell)."""
+    from l2smerge.methods import METHODS
+
+    if not METHODS:  # registry modules not importable: leave checking to the merge
+        return
+    if method not in METHODS:
+        raise L2SError(f"{where}.method: unknown method {method!r}; known: {', '.join(METHODS)}")
+    allowed = set(METHODS[method].params)
+    if on is not None:
+        if on not in METHODS:
+            raise L2SError(f"{where}.on: unknown method {on!r}")
+        allowed |= set(METHODS[on].params)
+    elif method == "aim" or "on" in allowed:
+        return  # a wrapping method's inner parameters depend on its inner method
+    for key in params:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise L2SError(f"{where}.{key}: not a parameter of {method} (it takes {known})")
