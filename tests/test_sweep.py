@@ -203,3 +203,38 @@ def test_existing_reference_run_is_checked(pair, data_dir, tmp_path):
     spec = _spec(pair, data_dir, reference={"run": str(bad_run)})
     with pytest.raises(L2SError, match=r"ref/results.jsonl:1"):
         run_sweep(spec, tmp_path / "s", progress=False)
+
+
+def test_adaptive_search_resumes_its_trials(pair, data_dir, tmp_path):
+    pytest.importorskip("optuna")
+    search = {"method": "task_arithmetic", "params": {"alpha": [0.2, 1.2]}, "trials": 2, "seed": 3}
+    spec = _spec(pair, data_dir, grid=[], points=[], search=search, report=False)
+    out = tmp_path / "s"
+    first = run_sweep(spec, out, progress=False)
+    assert len(first["points"]) == 2
+    assert all(p["source"] == "search" for p in first["points"])
+    assert all(0.2 <= p["parameters"]["alpha"] <= 1.2 for p in first["points"])
+    before = {p["id"] for p in first["points"]}
+    spec["search"]["trials"] = 4
+    second = run_sweep(spec, out, progress=False)
+    ids = {p["id"] for p in second["points"]}
+    assert before <= ids and 3 <= len(ids) <= 4  # 2 new trials (a repeat proposal is reused)
+    assert json.loads((out / "pareto.json").read_text())["front"]
+
+
+@pytest.mark.slow  # ~50 s on 2 busy cores: Ray start-up and worker imports
+def test_sweep_on_local_ray_with_cpu_workers(pair, data_dir, tmp_path):
+    pytest.importorskip("ray")
+    spec = _spec(pair, data_dir, points=[], report=False)
+    out = tmp_path / "s"
+    result = run_sweep(spec, out, progress=False, ray_address="local")
+    assert len(result["points"]) == 2
+    records = [json.loads(x) for x in (out / "points.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in records} == {
+        "task_arithmetic(alpha=0.5)",
+        "task_arithmetic(alpha=1)",
+    }
+    assert all(r["vs_reference"]["n"] == 2 and r["model_dir"] is None for r in records)
+    # the same folder resumes without Ray and finds nothing to do
+    again = run_sweep(spec, out, progress=False)
+    assert {r["id"] for r in again["points"]} == {r["id"] for r in records}
