@@ -129,3 +129,29 @@ def test_cli_compare_writes_files_and_exits_2_on_error(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_runs_without_token_counts_and_a_cut_last_line(tmp_path):
+    # a replayed run without --tokenizer has tokens: null; a killed run leaves a cut line
+    a = write_run(
+        tmp_path / "a",
+        [
+            {"bench": "math500", "id": i, "correct": True, "tokens": None, "level": 1}
+            for i in range(5)
+        ],
+    )
+    b = write_run(
+        tmp_path / "b",
+        [
+            {"bench": "math500", "id": i, "correct": i > 0, "tokens": None, "level": 1}
+            for i in range(5)
+        ],
+    )
+    with (b / "results.jsonl").open("a") as fh:
+        fh.write('{"bench": "math500", "id": 9, "corr')
+    result = write_compare(a, b, tmp_path / "cmp", resamples=100)
+    m = result["benchmarks"]["math500"]
+    assert m["n"] == 5 and m["delta"] == pytest.approx(-0.2)
+    assert m["tokens_ratio"] is None and m["tokens_ratio_ci95"] == [None, None]
+    assert result["average"]["tokens_ratio"] is None
+    assert "–" in (tmp_path / "cmp" / "compare.md").read_text()

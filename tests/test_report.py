@@ -99,3 +99,18 @@ def test_cli_report(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "missing" in proc.stderr
+
+
+def test_report_without_token_counts(tmp_path):
+    rows = [
+        {"bench": "math500", "id": i, "correct": i % 2 == 0, "tokens": None, "level": 1 + i % 5}
+        for i in range(10)
+    ]
+    run = write_run(tmp_path / "system2", rows)
+    summary = write_report([run], tmp_path / "r", price_per_mtok=1.0)
+    (r,) = summary["runs"]
+    assert r["average"]["mean_tokens"] is None and r["cost"]["tokens_per_1000_queries"] is None
+    assert summary["pareto_front"] == []
+    assert (tmp_path / "r" / "by_level.png").exists()  # reflective ratio by level still plotted
+    assert not (tmp_path / "r" / "accuracy_vs_tokens.png").exists()
+    assert "no token counts" in (tmp_path / "r" / "report.md").read_text()

@@ -31,8 +31,10 @@ from l2smerge.stats import (
 QUESTION_FIELDS = ("question", "problem")
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else math.nan
+def _ratio(num: float | None, den: float | None) -> float:
+    if num is None or den is None or not den > 0:  # no token counts, or none at all
+        return math.nan
+    return num / den
 
 
 def _clean(value: float) -> float | None:
@@ -66,8 +68,8 @@ def _describe(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
         "accuracy_a": float(correct_a.mean()),
         "accuracy_b": float(correct_b.mean()),
         "delta": float(correct_b.mean() - correct_a.mean()),
-        "mean_tokens_a": float(tokens_a.mean()),
-        "mean_tokens_b": float(tokens_b.mean()),
+        "mean_tokens_a": _clean(float(tokens_a.mean())),
+        "mean_tokens_b": _clean(float(tokens_b.mean())),
         "tokens_ratio": _clean(_ratio(tokens_b.mean(), tokens_a.mean())),
         "reflective_ratio_a": refl_a,
         "reflective_ratio_b": refl_b,

@@ -42,7 +42,7 @@ class GroupStats:
     n: int
     accuracy: float
     accuracy_ci95: tuple[float, float]
-    mean_tokens: float
+    mean_tokens: float | None  # None when the run has no token counts (replay, no tokenizer)
     reflective_ratio: float | None
 
     @classmethod
@@ -51,11 +51,12 @@ class GroupStats:
         correct = sum(bool(r["correct"]) for r in records)
         flags = [is_reflective(r) for r in records]
         refl = None if any(f is None for f in flags) else sum(map(bool, flags)) / n
+        tokens = [r["tokens"] for r in records]
         return cls(
             n=n,
             accuracy=correct / n,
             accuracy_ci95=wilson_interval(correct, n),
-            mean_tokens=sum(r["tokens"] for r in records) / n,
+            mean_tokens=None if None in tokens else sum(tokens) / n,
             reflective_ratio=refl,
         )
 
@@ -71,8 +72,9 @@ class RunStats:
     length_change: float | None = None  # vs the reference, as a fraction (−0.5 = half)
     cost: dict[str, float | None] = field(default_factory=dict)
 
-    def macro_tokens(self, benches: list[str]) -> float:
-        return float(np.mean([self.benches[b].mean_tokens for b in benches]))
+    def macro_tokens(self, benches: list[str]) -> float | None:
+        values = [self.benches[b].mean_tokens for b in benches]
+        return None if None in values else float(np.mean(values))
 
 
 def summarise(run: Run) -> RunStats:
@@ -90,16 +92,19 @@ def summarise(run: Run) -> RunStats:
         path=run.path,
         benches=benches,
         levels=levels,
-        tokens=[r["tokens"] for r in run.records.values()],
+        tokens=[r["tokens"] for r in run.records.values() if r["tokens"] is not None],
     )
     accs = [s.accuracy for s in benches.values()]
     # Macro mean of independent benchmark accuracies: Var = sum(p(1-p)/n) / B^2.
     se = math.sqrt(sum(s.accuracy * (1 - s.accuracy) / s.n for s in benches.values())) / len(accs)
     mean_acc = float(np.mean(accs))
+    ci = [max(0.0, mean_acc - Z95 * se), min(1.0, mean_acc + Z95 * se)]
+    if len(benches) == 1:  # one benchmark: its Wilson interval (sane at 0% and 100%)
+        ci = list(next(iter(benches.values())).accuracy_ci95)
     refl = [s.reflective_ratio for s in benches.values()]
     stats.average = {
         "accuracy": mean_acc,
-        "accuracy_ci95": [max(0.0, mean_acc - Z95 * se), min(1.0, mean_acc + Z95 * se)],
+        "accuracy_ci95": ci,
         "mean_tokens": stats.macro_tokens(list(benches)),
         "reflective_ratio": None if None in refl else float(np.mean(refl)),
     }
@@ -131,6 +136,10 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _tok(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
 def _acc_ci(acc: float, ci: tuple[float, float] | list[float]) -> str:
     half = 100 * (ci[1] - ci[0]) / 2
     return f"{100 * acc:.1f} ± {half:.1f}"
@@ -149,7 +158,7 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             row.append("–" if g is None else _acc_ci(g.accuracy, g.accuracy_ci95))
         row += [
             _acc_ci(s.average["accuracy"], s.average["accuracy_ci95"]),
-            f"{s.average['mean_tokens']:.0f}",
+            _tok(s.average["mean_tokens"]),
             "–" if s.length_change is None else f"{100 * s.length_change:+.1f}%",
             _pct(s.average["reflective_ratio"]),
         ]
@@ -162,7 +171,8 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
     tables = [
         {
             "title": "Accuracy (%) ± 95% CI, length and reflection",
-            "note": "Avg = macro mean over benchmarks. " + ref_note,
+            "note": "± is half the width of the 95% interval (Wilson per benchmark); "
+            "Avg = macro mean over benchmarks. " + ref_note,
             "header": ["run", *benches, "Avg", "mean tokens", "length change", "reflective %"],
             "rows": main_rows,
         },
@@ -173,10 +183,7 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             "rows": [
                 [
                     s.label,
-                    *(
-                        f"{s.benches[b].mean_tokens:.0f}" if b in s.benches else "–"
-                        for b in benches
-                    ),
+                    *(_tok(s.benches[b].mean_tokens) if b in s.benches else "–" for b in benches),
                 ]
                 for s in stats
             ],
@@ -198,7 +205,7 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
                 if lv not in by
                 else " / ".join(
                     (
-                        f"{by[lv].mean_tokens:.0f}",
+                        _tok(by[lv].mean_tokens),
                         _pct(by[lv].reflective_ratio),
                         _pct(by[lv].accuracy),
                     )
@@ -221,9 +228,11 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
         cost_header.append(f"saved vs {reference.label}")
     cost_rows = []
     for s in stats:
-        row = [s.label, f"{s.cost['tokens_per_1000_queries']:,.0f}"]
+        per_1000 = s.cost["tokens_per_1000_queries"]
+        row = [s.label, "–" if per_1000 is None else f"{per_1000:,.0f}"]
         if price is not None:
-            row.append(f"${s.cost['dollars_per_1000_queries']:,.4f}")
+            dollars = s.cost["dollars_per_1000_queries"]
+            row.append("–" if dollars is None else f"${dollars:,.4f}")
         if reference is not None:
             saved = s.cost.get("tokens_saved_per_1000_queries")
             row.append("–" if saved is None else f"{saved:,.0f} tokens")
@@ -266,27 +275,39 @@ def _html_table(t: dict) -> str:
 
 
 def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict[str, Path]:
+    """Write the PNG plots that the runs have data for; returns name -> path."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written: dict[str, Path] = {}
-
-    def save(fig, name: str) -> None:
-        import io
-
+    for name, draw in (
+        ("accuracy_vs_tokens", _plot_front),
+        ("by_level", _plot_levels),
+        ("length_distribution", _plot_lengths),
+    ):
+        fig = draw(plt, stats, reference)
+        if fig is None:  # no data for this plot (e.g. no token counts, no levels)
+            continue
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written[name] = write_bytes_atomic(out / f"{name}.png", buf.getvalue())
+    return written
 
-    # Accuracy vs length, with the Pareto front.
-    acc = [100 * s.average["accuracy"] for s in stats]
-    tok = [s.average["mean_tokens"] for s in stats]
+
+def _plot_front(plt, stats: list[RunStats], reference: RunStats | None):
+    timed = [s for s in stats if s.average["mean_tokens"] is not None]
+    if not timed:
+        return None
+    acc = [100 * s.average["accuracy"] for s in timed]
+    tok = [s.average["mean_tokens"] for s in timed]
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(tok, acc, color="tab:blue", zorder=3)
-    for s, x, y in zip(stats, tok, acc, strict=True):
+    for s, x, y in zip(timed, tok, acc, strict=True):
         ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto_front(acc, tok)
     ax.plot(
@@ -297,7 +318,7 @@ def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict
         label="Pareto front",
         zorder=2,
     )
-    if reference is not None:
+    if reference is not None and reference.average["mean_tokens"] is not None:
         ax.scatter(
             [reference.average["mean_tokens"]],
             [100 * reference.average["accuracy"]],
@@ -311,44 +332,53 @@ def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict
     ax.set_ylabel("accuracy % (macro over benchmarks)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save(fig, "accuracy_vs_tokens")
+    return fig
 
-    # Length and reflective ratio by level, one row per benchmark that has levels.
+
+def _plot_levels(plt, stats: list[RunStats], reference: RunStats | None):
+    """Length and reflective ratio by level, one row per benchmark that has levels."""
     level_benches = sorted({b for s in stats for b in s.levels})
-    if level_benches:
-        fig, axes = plt.subplots(
-            len(level_benches), 2, figsize=(10, 3.6 * len(level_benches)), squeeze=False
-        )
-        for row, bench in enumerate(level_benches):
-            for s in stats:
-                by = s.levels.get(bench)
-                if not by:
-                    continue
-                lv = list(by)
-                axes[row][0].plot(lv, [by[x].mean_tokens for x in lv], marker="o", label=s.label)
-                refl = [by[x].reflective_ratio for x in lv]
-                if None not in refl:
-                    axes[row][1].plot(lv, [100 * r for r in refl], marker="o", label=s.label)
-            axes[row][0].set_title(f"{bench}: mean tokens by level")
-            axes[row][1].set_title(f"{bench}: reflective % by level")
-            for ax in axes[row]:
-                ax.set_xlabel("level")
-                ax.grid(alpha=0.3)
-            axes[row][0].legend(fontsize=7)
-        fig.tight_layout()
-        save(fig, "by_level")
+    if not level_benches:
+        return None
+    fig, axes = plt.subplots(
+        len(level_benches), 2, figsize=(10, 3.6 * len(level_benches)), squeeze=False
+    )
+    for row, bench in enumerate(level_benches):
+        for s in stats:
+            by = s.levels.get(bench)
+            if not by:
+                continue
+            lv = list(by)
+            mean_tokens = [by[x].mean_tokens for x in lv]
+            if None not in mean_tokens:
+                axes[row][0].plot(lv, mean_tokens, marker="o", label=s.label)
+            refl = [by[x].reflective_ratio for x in lv]
+            if None not in refl:
+                axes[row][1].plot(lv, [100 * r for r in refl], marker="o", label=s.label)
+        axes[row][0].set_title(f"{bench}: mean tokens by level")
+        axes[row][1].set_title(f"{bench}: reflective % by level")
+        for ax in axes[row]:
+            ax.set_xlabel("level")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
-    # Length distributions.
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(stats) + 1.8))
+
+def _plot_lengths(plt, stats: list[RunStats], reference: RunStats | None):
+    timed = [s for s in stats if s.tokens]
+    if not timed:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(timed) + 1.8))
     try:
-        ax.boxplot([s.tokens for s in stats], orientation="horizontal")
+        ax.boxplot([s.tokens for s in timed], orientation="horizontal")
     except TypeError:  # matplotlib < 3.10
-        ax.boxplot([s.tokens for s in stats], vert=False)
-    ax.set_yticks(range(1, len(stats) + 1), [s.label for s in stats])
+        ax.boxplot([s.tokens for s in timed], vert=False)
+    ax.set_yticks(range(1, len(timed) + 1), [s.label for s in timed])
     ax.set_xlabel("response tokens (all items)")
     ax.grid(alpha=0.3, axis="x")
-    save(fig, "length_distribution")
-    return written
+    return fig
 
 
 # ---------------------------------------------------------------- report
@@ -392,14 +422,16 @@ def write_report(
     for s in stats:
         per_query = s.average["mean_tokens"]
         s.cost = {
-            "tokens_per_1000_queries": 1000 * per_query,
+            "tokens_per_1000_queries": None if per_query is None else 1000 * per_query,
             "dollars_per_1000_queries": (
-                None if price_per_mtok is None else 1000 * per_query * price_per_mtok / 1e6
+                None
+                if price_per_mtok is None or per_query is None
+                else 1000 * per_query * price_per_mtok / 1e6
             ),
         }
         if ref is not None:
             shared = [b for b in s.benches if b in ref.benches]
-            if shared:
+            if shared and None not in (s.macro_tokens(shared), ref.macro_tokens(shared)):
                 s.length_change = s.macro_tokens(shared) / ref.macro_tokens(shared) - 1
                 saved = 1000 * (ref.macro_tokens(shared) - s.macro_tokens(shared))
                 s.cost["tokens_saved_per_1000_queries"] = saved
@@ -407,15 +439,24 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(stats, ref, out)
     tables = _tables(stats, ref, price_per_mtok)
-    acc = [s.average["accuracy"] for s in stats]
-    tok = [s.average["mean_tokens"] for s in stats]
-    front = [stats[i].label for i in pareto_front(acc, tok)]
+    timed = [s for s in stats if s.average["mean_tokens"] is not None]
+    acc = [s.average["accuracy"] for s in timed]
+    tok = [s.average["mean_tokens"] for s in timed]
+    front = [timed[i].label for i in pareto_front(acc, tok)]
 
     md = [f"# {title}", ""]
     if notes:
         md += [notes, ""]
     md += [f"Runs: {', '.join(f'`{s.label}` ({s.path})' for s in stats)}.", ""]
-    md += [f"Pareto front (accuracy vs tokens): {', '.join(front)}.", ""]
+    front_text = ", ".join(front) if front else "not available (no token counts)"
+    md += [f"Pareto front (accuracy vs tokens): {front_text}.", ""]
+    untimed = [s.label for s in stats if s.average["mean_tokens"] is None]
+    if untimed:
+        md += [
+            f"No token counts in {', '.join(untimed)} (a replayed run without --tokenizer): "
+            "their length and cost show as –.",
+            "",
+        ]
     html_parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
@@ -423,7 +464,7 @@ def write_report(
     ]
     if notes:
         html_parts.append(f"<pre>{html.escape(notes)}</pre>")
-    html_parts.append(f"<p>Pareto front (accuracy vs tokens): {html.escape(', '.join(front))}.</p>")
+    html_parts.append(f"<p>Pareto front (accuracy vs tokens): {html.escape(front_text)}.</p>")
     for t in tables:
         md += [_md_table(t), ""]
         html_parts.append(_html_table(t))

@@ -44,28 +44,31 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not results.is_file():
         raise L2SError(f"{results}: missing; is {path} a run directory written by l2smerge eval?")
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    with results.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    lines = results.read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):  # a last line cut short by a killed run: not written yet
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise L2SError(f"{results}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise L2SError(f"{results}:{lineno}: expected a JSON object")
-            missing = [k for k in REQUIRED_FIELDS if k not in row]
-            if missing:
-                raise L2SError(f"{results}:{lineno}: missing field(s) {', '.join(missing)}")
-            try:
-                key = (str(row["bench"]), int(row["id"]))
-                row["correct"] = bool(row["correct"])
-                row["tokens"] = int(row["tokens"])
-            except (TypeError, ValueError):
-                raise L2SError(
-                    f"{results}:{lineno}: id and tokens must be integers, correct a boolean"
-                ) from None
-            records[key] = row  # a later line for the same item (a resumed run) wins
+            raise L2SError(f"{results}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise L2SError(f"{results}:{lineno}: expected a JSON object")
+        missing = [k for k in REQUIRED_FIELDS if k not in row]
+        if missing:
+            raise L2SError(f"{results}:{lineno}: missing field(s) {', '.join(missing)}")
+        try:
+            key = (str(row["bench"]), int(row["id"]))
+            row["correct"] = bool(row["correct"])
+            # null tokens: a replayed run without --tokenizer has no token counts
+            row["tokens"] = None if row["tokens"] is None else int(row["tokens"])
+        except (TypeError, ValueError):
+            raise L2SError(
+                f"{results}:{lineno}: id and tokens must be integers, correct a boolean"
+            ) from None
+        records[key] = row  # a later line for the same item (a resumed run) wins
     if not records:
         raise L2SError(f"{results}: no results; the run has not evaluated any item yet")
     summary: dict[str, Any] = {}

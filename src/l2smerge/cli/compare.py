@@ -47,15 +47,17 @@ def compare_command(
     for name, s in rows:
         lo, hi = s["delta_ci95"]
         rlo, rhi = s["tokens_ratio_ci95"]
-        ratio = "–" if s["tokens_ratio"] is None else f"{s['tokens_ratio']:.2f}"
+        ratio = "–"
+        if s["tokens_ratio"] is not None and rlo is not None and rhi is not None:
+            ratio = f"{s['tokens_ratio']:.2f} [{rlo:.2f}, {rhi:.2f}]"
         table.add_row(
             name,
             str(s["n"]),
             f"{100 * s['accuracy_a']:.1f}",
             f"{100 * s['accuracy_b']:.1f}",
-            f"{100 * s['delta']:+.1f} [{100 * (lo or 0):+.1f}, {100 * (hi or 0):+.1f}]",
+            f"{100 * s['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
             f"{s['p_value']:.3g}",
-            f"{ratio} [{rlo or 0:.2f}, {rhi or 0:.2f}]",
+            ratio,
         )
     console = Console()
     console.print(table)

@@ -43,10 +43,10 @@ def report_command(
     )
     console = Console()
     for run in summary["runs"]:
-        change = run["length_change"]
+        change, tokens = run["length_change"], run["average"]["mean_tokens"]
         console.print(
-            f"{run['label']:<24} accuracy {100 * run['average']['accuracy']:5.1f}%  "
-            f"mean tokens {run['average']['mean_tokens']:8.0f}"
+            f"{run['label']:<24} accuracy {100 * run['average']['accuracy']:5.1f}%"
+            + ("" if tokens is None else f"  mean tokens {tokens:8.0f}")
             + ("" if change is None else f"  length {100 * change:+.1f}%")
         )
     console.print(f"wrote {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")
