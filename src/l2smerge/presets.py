@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # AIM on top of TIES, omega 0.4, TIES at the scale's settings.
     "aim_ties@1.5b": _p("aim", on="ties", omega=0.4, density=0.2, alpha=1.0),
     "aim_ties@7b": _p("aim", on="ties", omega=0.4, density=0.2, alpha=1.0),
+    "aim_ties@14b": _p("aim", on="ties", omega=0.4, density=0.8, alpha=0.5),
     # Sens-Merging: alpha and softmax temperature T per scale.
     "sens@1.5b": _p("sens", alpha=0.4, temperature=3.0),
     "sens@7b": _p("sens", alpha=0.7, temperature=2.0),
