@@ -1,0 +1,121 @@
+"""`l2smerge eval`: accuracy, length and reflection of a model on the reasoning benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from l2smerge.cli import app
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(
+        ...,
+        help="Model directory or hub name; with --backend openai the served model name; "
+        "with --backend replay only a label.",
+    ),
+    bench: str = typer.Option(
+        None,
+        "--bench",
+        "-b",
+        help="Comma-separated: gsm8k,math500,minerva_math,olympiadbench,"
+        "college_math,aime24,amc23,lab. With replay, default: every bench in --responses.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run directory (results.jsonl, summary.json); rerunning into it resumes.",
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Folder with <bench>/test.jsonl [default: $L2SMERGE_DATA_DIR]"
+    ),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai | replay"),
+    responses: Path = typer.Option(
+        None, "--responses", help="Replay: JSONL of bench, id, response."
+    ),
+    tokenizer: str = typer.Option(
+        None,
+        "--tokenizer",
+        help="Tokenizer to count tokens (and render prompts) with [default: the model's].",
+    ),
+    max_tokens: int = typer.Option(
+        None, "--max-tokens", help="New-token limit [default: 10240; 8192 with --prompt fewshot]."
+    ),
+    limit: int = typer.Option(None, "--limit", help="Only the first N items of each bench."),
+    prompt: str = typer.Option(
+        "auto",
+        "--prompt",
+        help="auto | cot | fewshot | FILE (a plain-text template with {question}).",
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="hf: prompts per batch [default: 8 on CPU, 32 on GPU]."
+    ),
+    device: str = typer.Option(
+        None, "--device", help="hf: cpu, cuda, cuda:1 ... [default: cuda if available]."
+    ),
+    dtype: str = typer.Option(
+        None,
+        "--dtype",
+        help="hf/vllm: auto, bfloat16, float16, float32 [default: auto on GPU, float32 on CPU].",
+    ),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs."),
+    base_url: str = typer.Option(
+        None,
+        "--base-url",
+        help="openai: e.g. http://127.0.0.1:8000/v1 [default: $OPENAI_BASE_URL].",
+    ),
+    api: str = typer.Option("chat", "--api", help="openai: chat | completions."),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY",
+        "--api-key-env",
+        help="openai: the environment variable holding the API key.",
+    ),
+    concurrency: int = typer.Option(8, "--concurrency", help="openai: requests in flight."),
+    timeout: float = typer.Option(600.0, "--timeout", help="openai: seconds per request."),
+    retries: int = typer.Option(
+        5, "--retries", help="openai: retries on 429/5xx/network errors, with exponential backoff."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Evaluate MODEL on reasoning benchmarks: accuracy, response length, reflection."""
+    from rich.console import Console
+
+    from l2smerge.eval import evaluate
+    from l2smerge.eval.table import summary_table
+
+    backend_opts: dict[str, object] = {}
+    if backend in ("hf", "vllm") and dtype:
+        backend_opts["dtype"] = dtype
+    if backend == "vllm":
+        backend_opts["tensor_parallel_size"] = tensor_parallel_size
+    if backend == "openai":
+        backend_opts.update(
+            base_url=base_url,
+            api=api,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+        )
+    summary = evaluate(
+        model,
+        bench,
+        out_dir=out,
+        backend=backend,
+        data_dir=data_dir,
+        max_tokens=max_tokens,
+        limit=limit,
+        prompt=prompt,
+        batch_size=batch_size,
+        responses=responses,
+        tokenizer=tokenizer,
+        device=device,
+        progress=progress,
+        **backend_opts,
+    )
+    console = Console()
+    console.print(summary_table(summary))
+    console.print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}")

@@ -1,0 +1,33 @@
+"""Backends turn prompts into responses, nothing more. `make_backend` imports the chosen one
+only, so vLLM (and torch, for `replay`/`openai`) is never imported when not used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from l2smerge.errors import L2SError
+from l2smerge.eval.backends.base import Backend, Generation, Request
+
+BACKENDS = ("hf", "vllm", "openai", "replay")
+
+__all__ = ["BACKENDS", "Backend", "Generation", "Request", "make_backend"]
+
+
+def make_backend(name: str, model: str, **options: Any) -> Backend:
+    if name == "hf":
+        from l2smerge.eval.backends.hf import HFBackend
+
+        return HFBackend(model, **options)
+    if name == "vllm":
+        from l2smerge.eval.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, **options)
+    if name == "openai":
+        from l2smerge.eval.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(model, **options)
+    if name == "replay":
+        from l2smerge.eval.backends.replay import ReplayBackend
+
+        return ReplayBackend(model, **options)
+    raise L2SError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

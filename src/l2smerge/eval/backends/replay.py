@@ -1,0 +1,73 @@
+"""Responses produced elsewhere (another harness, a production log), read from JSONL lines
+`{"bench": ..., "id": <0-based line number>, "response": ...}`. Optional per line:
+`"truncated": bool` or `"finish_reason": "length"`, and `"tokens": int` (used when no
+tokenizer is given)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from l2smerge.errors import L2SError
+from l2smerge.eval.backends.base import Generation, Request, count_tokens, load_tokenizer
+from l2smerge.eval.benchmarks import read_jsonl
+
+
+class ReplayBackend:
+    def __init__(
+        self,
+        model: str,
+        *,
+        responses: str | Path | None = None,
+        tokenizer: str | None = None,
+        **_ignored: Any,
+    ):
+        if responses is None:
+            raise L2SError("--backend replay needs --responses FILE (JSONL of bench, id, response)")
+        self.path = Path(responses)
+        if not self.path.is_file():
+            raise L2SError(f"replay file {self.path} not found")
+        self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
+        self.lines: dict[tuple[str, int], dict[str, Any]] = {}
+        self.line_numbers: dict[tuple[str, int], int] = {}
+        for lineno, row in enumerate(read_jsonl(self.path), start=1):
+            self._add(lineno, row)
+
+    def _add(self, lineno: int, row: dict[str, Any]) -> None:
+        where = f"{self.path}:{lineno}"
+        for name, kind in (("bench", str), ("id", int), ("response", str)):
+            if not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
+                raise L2SError(f"{where}: field {name!r} must be a {kind.__name__}")
+        key = (row["bench"], row["id"])
+        if key in self.lines:
+            first = self.line_numbers[key]
+            raise L2SError(f"{where}: duplicate response for {key[0]} id {key[1]} (line {first})")
+        self.lines[key] = row
+        self.line_numbers[key] = lineno
+
+    def keys(self) -> list[tuple[str, int]]:
+        return list(self.lines)
+
+    def where(self, key: tuple[str, int]) -> str:
+        return f"{self.path}:{self.line_numbers[key]}"
+
+    def generate(
+        self, requests: Sequence[Request], max_tokens: int
+    ) -> Iterator[tuple[int, Generation]]:
+        for index, request in enumerate(requests):
+            row = self.lines[request.key]
+            response = row["response"]
+            tokens = count_tokens(self.tokenizer, response)
+            if tokens is None and isinstance(row.get("tokens"), int):
+                tokens = row["tokens"]
+            if isinstance(row.get("truncated"), bool):
+                truncated = row["truncated"]
+            elif "finish_reason" in row:
+                truncated = row["finish_reason"] == "length"
+            else:
+                truncated = tokens is not None and tokens >= max_tokens
+            yield index, Generation(response, tokens, truncated)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,185 @@
+"""`evaluate`: benchmarks -> prompts -> backend -> grading -> results.jsonl -> summary.json.
+Resumes from results.jsonl: items already there are not generated again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from l2smerge.errors import L2SError
+from l2smerge.eval.backends import BACKENDS, Backend, Generation, Request, make_backend
+from l2smerge.eval.benchmarks import BENCHMARKS, Item, load_items, parse_bench_names
+from l2smerge.eval.extraction import extract_answer
+from l2smerge.eval.grading import grade
+from l2smerge.eval.metrics import summarize
+from l2smerge.eval.progress import EvalProgress
+from l2smerge.eval.prompts import PromptBuilder
+from l2smerge.eval.reflection import count_reflections
+from l2smerge.eval.rundir import RunDir
+
+# The study's generation limits: System 2 and merged models (CoT) vs System 1 (few-shot).
+DEFAULT_MAX_TOKENS = 10240
+DEFAULT_MAX_TOKENS_FEWSHOT = 8192
+
+
+def evaluate(
+    model: str | Path,
+    benches: str | Sequence[str] | None,
+    *,
+    out_dir: str | Path,
+    backend: str = "hf",
+    data_dir: str | Path | None = None,
+    max_tokens: int | None = None,
+    limit: int | None = None,
+    prompt: str = "auto",
+    batch_size: int | None = None,
+    responses: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    **backend_opts: Any,
+) -> dict[str, Any]:
+    """Evaluate `model` on `benches` into `out_dir`; returns what it writes to summary.json.
+
+    `benches`: names or "gsm8k,math500"; with backend="replay", None means every bench in the
+    responses file. `limit`: the first N items of each bench. Rerunning with the same
+    arguments resumes: each item ends up in results.jsonl exactly once.
+    """
+    model = str(model)
+    if backend not in BACKENDS:
+        raise L2SError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if limit is not None and limit < 1:
+        raise L2SError(f"--limit must be at least 1, got {limit}")
+    builder = PromptBuilder(prompt)  # validates a template file before any model loads
+    if max_tokens is None:
+        fewshot = builder.choice == "fewshot"
+        max_tokens = DEFAULT_MAX_TOKENS_FEWSHOT if fewshot else DEFAULT_MAX_TOKENS
+    if max_tokens < 1:
+        raise L2SError(f"--max-tokens must be at least 1, got {max_tokens}")
+    options: dict[str, Any] = dict(backend_opts)
+    options.update(
+        tokenizer=str(tokenizer) if tokenizer else None,
+        device=device,
+        batch_size=batch_size,
+        responses=responses,
+    )
+
+    engine: Backend | None = None
+    if backend == "replay":
+        engine = make_backend(backend, model, **options)
+        items = _replay_items(engine, benches, data_dir, limit)
+    else:
+        if benches is None:
+            raise L2SError("no benchmark given; pass --bench gsm8k,math500,...")
+        items = [it for b in parse_bench_names(benches) for it in load_items(b, data_dir, limit)]
+    bench_order = list(dict.fromkeys(it.bench for it in items))
+
+    prompt_name = None if backend == "replay" else builder.name  # replay prompts nothing
+    run = RunDir(out_dir)
+    run.check_info(
+        {
+            "model": model,
+            "backend": backend,
+            "prompt": prompt_name,
+            "max_tokens": max_tokens,
+            "responses": str(Path(responses).resolve()) if responses else None,
+        }
+    )
+    done = run.load_results()
+    todo = [it for it in items if it.key not in done]
+    try:
+        if todo:
+            if engine is None:
+                engine = make_backend(backend, model, **options)
+            builder.tokenizer = engine.tokenizer
+            _generate_and_grade(engine, builder, todo, max_tokens, run, done, progress)
+    finally:
+        run.close()
+        if engine is not None:
+            engine.close()
+
+    records = [done[it.key] for it in items]
+    tokenizer_name = str(tokenizer) if tokenizer else (model if backend in ("hf", "vllm") else None)
+    summary = summarize(
+        model,
+        records,
+        bench_order,
+        backend=backend,
+        prompt=prompt_name,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer_name,
+    )
+    run.write_summary(summary)
+    return summary
+
+
+def _replay_items(
+    engine: Any, benches: str | Sequence[str] | None, data_dir: Any, limit: int | None
+) -> list[Item]:
+    """The benchmark items the replay file has responses for, in bench and id order."""
+    keys = engine.keys()
+    names = (
+        parse_bench_names(benches)
+        if benches is not None
+        else parse_bench_names(list(dict.fromkeys(b for b, _ in keys)))
+    )
+    items: list[Item] = []
+    for bench in names:
+        wanted = sorted(i for b, i in keys if b == bench)
+        if not wanted:
+            raise L2SError(f"replay file {engine.path} has no responses for bench {bench!r}")
+        available = load_items(bench, data_dir)
+        for i in wanted:
+            if i < 0 or i >= len(available):
+                raise L2SError(
+                    f"{engine.where((bench, i))}: {bench} has no item id {i} "
+                    f"(ids are 0-based line numbers, 0..{len(available) - 1})"
+                )
+        chosen = wanted[:limit] if limit is not None else wanted
+        items.extend(available[i] for i in chosen)
+    return items
+
+
+def make_record(item: Item, generation: Generation) -> dict[str, Any]:
+    """One results.jsonl line."""
+    extracted = extract_answer(generation.response)
+    reflections = count_reflections(generation.response)
+    record: dict[str, Any] = {"bench": item.bench, "id": item.id}
+    if item.level is not None:
+        record["level"] = item.level
+    record.update(
+        gold=item.gold,
+        extracted=extracted,
+        correct=grade(extracted, item),
+        tokens=generation.tokens,
+        truncated=generation.truncated,
+        reflective=reflections > 0,
+        reflections=reflections,
+    )
+    for key, value in item.meta.items():
+        record.setdefault(key, value)
+    record["response"] = generation.response
+    return record
+
+
+def _generate_and_grade(
+    engine: Backend,
+    builder: PromptBuilder,
+    todo: list[Item],
+    max_tokens: int,
+    run: RunDir,
+    done: dict[tuple[str, int], dict[str, Any]],
+    progress: bool,
+) -> None:
+    requests = [Request(it.key, builder(it.question)) for it in todo]
+    with EvalProgress(len(todo), enabled=progress) as bar:
+        for index, generation in engine.generate(requests, max_tokens):
+            item = todo[index]
+            record = make_record(item, generation)
+            run.append(record)
+            done[item.key] = record
+            bar.advance(generation.tokens or 0)
+
+
+__all__ = ["BENCHMARKS", "evaluate", "make_record"]
