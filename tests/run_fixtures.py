@@ -39,7 +39,11 @@ def write_run(path: Path, rows: list[dict], model: str | None = None) -> Path:
             b: {
                 "n": len(rs),
                 "accuracy": sum(r["correct"] for r in rs) / len(rs),
-                "mean_tokens": sum(r["tokens"] for r in rs) / len(rs),
+                "mean_tokens": (
+                    None
+                    if any(r["tokens"] is None for r in rs)
+                    else sum(r["tokens"] for r in rs) / len(rs)
+                ),
                 "reflective_ratio": sum(bool(r.get("reflective")) for r in rs) / len(rs),
             }
             for b, rs in benches.items()
