@@ -69,7 +69,13 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
 
     calls.clear()
     interrupt_at[0] = None
-    result = run_sweep(_spec(pair, data_dir), out, progress=False)
+    baseline = {
+        "model": str(pair["system1"]),
+        "label": "system1",
+        "prompt": "fewshot",
+        "max_tokens": 4,
+    }
+    result = run_sweep(_spec(pair, data_dir, baselines=[baseline]), out, progress=False)
     assert first["id"] not in calls and len(calls) == 2  # finished point not redone
     records = [json.loads(x) for x in (out / "points.jsonl").read_text().splitlines()]
     assert len(records) == 3
@@ -95,6 +101,11 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     assert selection["chosen"] == shortest["id"]
     assert (out / "reference" / "system2" / "results.jsonl").exists()
     assert (out / "report" / "report.html").exists()
+    system1 = json.loads((out / "baselines" / "system1" / "run.json").read_text())
+    assert system1["prompt"] == "fewshot" and system1["max_tokens"] == 4
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert [r["label"] for r in report["runs"]][:2] == ["system1", "system2"]
+    assert report["reference"] == "system2"
     assert result["selection"]["chosen"] == selection["chosen"]
 
     calls.clear()

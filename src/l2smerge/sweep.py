@@ -152,7 +152,15 @@ class Sweep:
         run_dir = self.out / folder / source.name
         if not (run_dir / "summary.json").is_file():
             self.console.rule(f"evaluating {folder} {source.name}")
-            _evaluate(evaluate, self.spec, source.model, run_dir, progress=self.progress)
+            _evaluate(
+                evaluate,
+                self.spec,
+                source.model,
+                run_dir,
+                progress=self.progress,
+                prompt=source.prompt,
+                max_tokens=source.max_tokens,
+            )
         return run_dir
 
     # -- points -------------------------------------------------------------------------

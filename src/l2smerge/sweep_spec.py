@@ -67,6 +67,8 @@ class RunSource(_Strict):
     run: Path | None = None
     model: Path | None = None
     label: str | None = None
+    prompt: str | None = None  # overrides eval.prompt (e.g. fewshot for a System 1 base)
+    max_tokens: int | None = Field(default=None, ge=1)  # overrides eval.max_tokens
 
     def model_post_init(self, _: Any) -> None:
         if (self.run is None) == (self.model is None):
