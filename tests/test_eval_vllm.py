@@ -1,0 +1,58 @@
+"""The vllm backend is imported only when chosen. It needs vLLM and a GPU; where they are
+missing (CI, this CPU machine) the end-to-end test skips and choosing it is a clear error."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from l2smerge.errors import L2SError
+from l2smerge.eval import evaluate
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_vllm_not_imported_unless_chosen():
+    code = (
+        "import sys, l2smerge.eval, l2smerge.eval.backends, l2smerge.cli;"
+        "from l2smerge.eval.backends import make_backend;"
+        "assert 'vllm' not in sys.modules, 'vllm imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed")
+def test_missing_vllm_is_a_clear_error(tmp_path, data_dir):
+    with pytest.raises(
+        L2SError, match=r"--backend vllm needs vLLM .*pip install 'l2smerge\[vllm\]'"
+    ):
+        evaluate(
+            "m",
+            "aime24",
+            out_dir=tmp_path / "o",
+            backend="vllm",
+            data_dir=data_dir,
+            limit=1,
+            progress=False,
+        )
+
+
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed")
+def test_vllm_matches_hf_backend(tmp_path, data_dir):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+    from tiny import make_tiny_model
+
+    # head size 64: vLLM attention kernels do not take the default tiny head size of 8
+    model = make_tiny_model(tmp_path / "tiny", seed=3, hidden=256)
+    common = dict(data_dir=data_dir, limit=4, max_tokens=8, progress=False)
+    hf = evaluate(model, "gsm8k", out_dir=tmp_path / "hf", device="cuda", dtype="float32", **common)
+    vl = evaluate(
+        model, "gsm8k", out_dir=tmp_path / "vllm", backend="vllm", dtype="float32", **common
+    )
+    assert vl["benchmarks"]["gsm8k"]["n"] == 4
+    assert vl["benchmarks"]["gsm8k"]["mean_tokens"] == hf["benchmarks"]["gsm8k"]["mean_tokens"]
