@@ -354,7 +354,11 @@ def _merge_one(
             for (c, _), t in zip(job.sources, inputs, strict=True)
             if not bool(torch.isfinite(t).all())
         ]
-        cause = f"input already non-finite in {', '.join(bad)}" if bad else "check the parameters"
+        cause = (
+            f"input already non-finite in {', '.join(bad)}"
+            if bad
+            else "inputs are finite: the method overflowed float32; check its parameters"
+        )
         raise L2SError(f"tensor {job.name!r}: the merge produced NaN/Inf ({cause})")
     result = result.to(dtype=job.dtype, device="cpu")
     if rows is not None:

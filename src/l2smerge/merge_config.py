@@ -11,6 +11,7 @@ docs/merge.md describes the format with examples.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -244,6 +245,9 @@ def iter_numbers(value: Any):
 
 
 def check_range(name: str, value: Any, where: str) -> None:
+    for x in iter_numbers(value):
+        if not math.isfinite(x):
+            raise L2SError(f"{where}: {name} = {x} is not a finite number")
     if name not in PARAM_RANGES:
         return
     low, high, high_inclusive = PARAM_RANGES[name]
