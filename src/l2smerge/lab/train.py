@@ -1,0 +1,196 @@
+"""Train the lab pair, nanoGPT style: settings at the top, then the script, top to bottom.
+
+    System 1: a tiny Qwen2 trained from scratch to answer lab questions at once ("q=7.").
+    System 2: System 1 fine-tuned, gently, to write the chain out step by step, reflect on it
+              ("Wait, let me double check: ...", the same steps again), then answer.
+
+The gentle fine-tune matters: trained hard (lr 1e-3, 1,000 steps) System 2 moved so far from
+System 1 that every interpolation of the two scored 0%; at lr 3e-4 for a few hundred steps the
+pair interpolates smoothly, as the study's pair does (see docs/lab.md).
+
+Both are trained on exactly what the evaluator sends: the user question rendered by the chat
+template with add_generation_prompt=True (the template drops the system prompt), then the
+response and <|im_end|>. Loss is on the response and <|im_end|> only. Every batch is freshly
+generated, so there is no training set to overfit; the test set uses a seed no batch uses.
+
+    l2smerge lab train -o DIR --seed 0     (or: python -m l2smerge.lab.train DIR)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from l2smerge.lab.task import LEVELS, Item, long_answer, make_item, make_items, short_answer
+from l2smerge.lab.tokenizer import build_tokenizer
+
+# --- settings -------------------------------------------------------------------------------
+THREADS = 2  # 1 is faster when other jobs share the cores (OpenMP waits on them)
+# model: a tiny Qwen2
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 128, 256, 4, 4, 4
+MAX_POSITIONS = 512
+# System 1: from scratch on short answers
+S1_STEPS, S1_LR, S1_WARMUP = 400, 1e-3, 40
+# System 2: fine-tuned from System 1 on long, reflective answers
+S2_STEPS, S2_LR, S2_WARMUP = 500, 3e-4, 50
+BATCH = 32
+WEIGHT_DECAY, GRAD_CLIP, MIN_LR_FRACTION = 0.1, 1.0, 0.1
+# quick check printed during training (the real evaluation is `l2smerge eval` / the demo)
+CHECK_EVERY, CHECK_ITEMS = 200, 100
+CHECK_SEED = 10_000_019  # never used for training batches
+MAX_NEW_TOKENS = 200
+# ---------------------------------------------------------------------------------------------
+
+tokenizer = build_tokenizer()
+PAD_ID = tokenizer.pad_token_id
+EOS_ID = tokenizer.eos_token_id
+
+
+def prompt_text(question: str) -> str:
+    """What the evaluator sends (the system message is dropped by the template)."""
+    messages = [
+        {
+            "role": "system",
+            "content": "Please reason step by step, and put your final answer within \\boxed{}.",
+        },
+        {"role": "user", "content": question},
+    ]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_example(item: Item, response: str) -> tuple[list[int], list[int]]:
+    prompt = tokenizer(prompt_text(item.question), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(response, add_special_tokens=False)["input_ids"] + [EOS_ID]
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+def get_batch(rng: random.Random, respond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BATCH fresh items at uniformly drawn levels, right-padded; labels mask the prompt."""
+    examples = [
+        encode_example(it, respond(it))
+        for it in (make_item(rng, rng.choice(LEVELS)) for _ in range(BATCH))
+    ]
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((BATCH, width), PAD_ID)
+    labels = torch.full((BATCH, width), -100)
+    mask = torch.zeros((BATCH, width), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return ids, labels, mask
+
+
+def new_model(seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    # eager attention: faster than sdpa for these tiny shapes on CPU
+    config._attn_implementation = "eager"
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = EOS_ID
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.do_sample = False
+    return model
+
+
+@torch.no_grad()
+def quick_check(model: Qwen2ForCausalLM, n: int = CHECK_ITEMS) -> str:
+    """Greedy answers on held-out items: accuracy per level, mean length, reflective share."""
+    model.eval()
+    items = make_items(n, CHECK_SEED)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(
+        [prompt_text(it.question) for it in items],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    model.train()
+    right = {lv: [] for lv in LEVELS}
+    for it, text in zip(items, texts, strict=True):
+        boxed = text.rsplit("\\boxed{", 1)[-1].split("}")[0] if "\\boxed{" in text else ""
+        right[it.level].append(boxed == it.answer)
+    acc = " ".join(f"L{lv}={100 * sum(r) / max(len(r), 1):.0f}" for lv, r in right.items())
+    total = sum(sum(r) for r in right.values()) / n
+    length = sum(len(t) for t in texts) / n
+    reflective = sum("wait" in t.lower() for t in texts) / n
+    return f"acc {100 * total:.0f}% ({acc}) len {length:.0f} reflective {100 * reflective:.0f}%"
+
+
+def train(model, steps: int, lr: float, warmup: int, respond, seed: int, name: str) -> None:
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95)
+    )
+    model.train()
+    start = time.time()
+    for step in range(1, steps + 1):
+        # linear warmup, then cosine decay to MIN_LR_FRACTION * lr
+        if step <= warmup:
+            step_lr = lr * step / warmup
+        else:
+            progress = (step - warmup) / max(steps - warmup, 1)
+            step_lr = lr * (
+                MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        ids, labels, mask = get_batch(rng, respond)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        if step % 50 == 0 or step == 1:
+            print(
+                f"{name} step {step}/{steps} loss {loss.item():.4f} lr {step_lr:.1e} "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
+        if step % CHECK_EVERY == 0 or step == steps:
+            print(f"{name} step {step}: {quick_check(model)}", flush=True)
+
+
+def save(model: Qwen2ForCausalLM, path: Path) -> None:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:
+    out_dir = Path(out_dir)
+    torch.set_num_threads(threads)
+    started = time.time()
+
+    system1 = new_model(seed)
+    print(f"System 1: {sum(p.numel() for p in system1.parameters()):,} parameters", flush=True)
+    train(system1, S1_STEPS, S1_LR, S1_WARMUP, short_answer, seed * 2 + 1, "system1")
+    save(system1, out_dir / "system1")
+
+    system2 = system1  # fine-tuned in place from System 1's weights (already saved)
+    train(system2, S2_STEPS, S2_LR, S2_WARMUP, long_answer, seed * 2 + 2, "system2")
+    save(system2, out_dir / "system2")
+    print(f"done in {time.time() - started:.0f}s: {out_dir}/system1, {out_dir}/system2")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -1,0 +1,116 @@
+"""The lab task generator, tokenizer and export (the bundled pair: test_lab_pair.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from l2smerge.errors import L2SError
+from l2smerge.lab.bench import benchmark_items, calibration_records, export
+from l2smerge.lab.task import (
+    LEVELS,
+    NUM_CHAINS,
+    REFLECTION,
+    long_answer,
+    make_item,
+    make_items,
+    short_answer,
+    steps,
+)
+from l2smerge.lab.tokenizer import build_tokenizer
+
+REFLECTIVE = ("wait", "re-examine", "recap", "double-check", "let me check", "let me verify")
+
+
+def resolve(question: str) -> str:
+    """Follow the query chain through the question's assignments (an independent solver)."""
+    body, query = question.split(". What is ")
+    table = dict(a.split("=") for a in body.split(","))
+    value = query.rstrip("?")
+    while not value.isdigit():
+        value = table[value]
+    return value
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_item_has_level_hops_and_no_shortcut(level: int) -> None:
+    rng = random.Random(level)
+    for _ in range(50):
+        item = make_item(rng, level)
+        body = item.question.split(". What is ")[0]
+        assignments = body.split(",")
+        assert len(assignments) == NUM_CHAINS * level
+        assert resolve(item.question) == item.answer
+        assert len(item.chain) == level + 1
+        digits = [a.split("=")[1] for a in assignments if a.split("=")[1].isdigit()]
+        # every chain ends in its own digit: the query's digit is one of NUM_CHAINS candidates
+        assert len(set(digits)) == NUM_CHAINS and item.answer in digits
+
+
+def test_items_are_deterministic_in_the_seed() -> None:
+    assert make_items(20, 7) == make_items(20, 7)
+    assert make_items(20, 7) != make_items(20, 8)
+    assert [it.level for it in make_items(10, 0)] == [1, 2, 3, 4, 5] * 2
+
+
+def test_unknown_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="level"):
+        make_item(random.Random(0), 9)
+
+
+def test_answers_short_and_long() -> None:
+    item = make_items(5, 3)[4]
+    short, long = short_answer(item), long_answer(item)
+    assert re.findall(r"\\boxed\{(\d)\}", short) == [item.answer]
+    assert re.findall(r"\\boxed\{(\d)\}", long)[-1] == item.answer
+    assert not any(w in short.lower() for w in REFLECTIVE)
+    assert REFLECTION in long and long.count(steps(item)) == 2  # the steps, then again
+    assert len(long) > 4 * len(short)
+
+
+def test_tokenizer_round_trip_and_chat_template() -> None:
+    tok = build_tokenizer()
+    item = make_items(5, 1)[4]
+    messages = [
+        {"role": "system", "content": "Please reason step by step."},
+        {"role": "user", "content": item.question},
+    ]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == f"<|im_start|>user\n{item.question}<|im_end|>\n<|im_start|>assistant\n"
+    text = prompt + long_answer(item) + "<|im_end|>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    # one token per character, specials are single tokens
+    assert len(ids) == len(text) - 2 * (len("<|im_start|>") - 1) - 2 * (len("<|im_end|>") - 1)
+
+
+def test_test_set_and_calibration() -> None:
+    items = benchmark_items()
+    assert len(items) == 250 and {it.level for it in items} == set(LEVELS)
+    assert items[:5] == benchmark_items(per_level=1)  # --limit N keeps every level
+    records = calibration_records()
+    assert len(records) == 100
+    assert set(records[0]) == {"question", "short_answer", "long_answer"}
+    questions = {it.question for it in items}
+    assert not questions & {r["question"] for r in records}
+
+
+def test_export_writes_benchmark_layout(tmp_path) -> None:
+    pair = {}
+    for name in ("system1", "system2"):  # stand-ins: export only copies the folders
+        (tmp_path / "src" / name).mkdir(parents=True)
+        (tmp_path / "src" / name / "config.json").write_text("{}")
+        pair[name] = tmp_path / "src" / name
+    out = tmp_path / "out"
+    export(out, pair=pair)
+    assert (out / "system1" / "config.json").exists()
+    lines = (out / "benchmarks" / "lab" / "test.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert set(first) == {"question", "answer", "level"} and len(lines) == 250
+    assert len((out / "calibration.jsonl").read_text().splitlines()) == 100
+    with pytest.raises(L2SError, match="already exists"):
+        export(out, pair=pair)
+    export(out, pair=pair, force=True)
