@@ -113,11 +113,26 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     assert calls == []  # a finished sweep does nothing again
 
 
-def test_keep_models(pair, data_dir, tmp_path):
-    spec = _spec(pair, data_dir, keep_models=True, grid=[], reference=None, report=False)
+def test_keep_models_and_a_calibrated_preset(pair, data_dir, tmp_path):
+    calibration = tmp_path / "calibration.jsonl"
+    sample = {"question": "1+1?", "short_answer": "2", "long_answer": "Wait, 1+1 = 2."}
+    calibration.write_text(json.dumps(sample) + "\n")
+    merge = {"dtype": "float32", "calibration": str(calibration)}
+    spec = _spec(
+        pair,
+        data_dir,
+        keep_models=True,
+        grid=[],
+        reference=None,
+        report=False,
+        points=[{"preset": "aim_ties@7b"}],
+        merge=merge,
+    )
     result = run_sweep(spec, tmp_path / "s", progress=False)
     (record,) = result["points"]
-    assert (Path(record["model_dir"]) / "l2smerge.json").exists()
+    assert record["label"] == "aim_ties@7b"
+    provenance = (Path(record["model_dir"]) / "l2smerge.json").read_text()
+    assert "aim" in provenance and "ties" in provenance
     assert result["selection"]["rule"] == "most_accurate"
 
 

@@ -64,7 +64,8 @@ def merge_and_evaluate(
                 base=spec.base,
                 parameters=point_key["parameters"],
                 preset=point_key["preset"],
-                on=point_key["on"],
+                # on=None would stop a preset from setting its inner method (aim_ties@7b)
+                **({"on": point_key["on"]} if point_key["on"] else {}),
                 **spec.merge,
             )
             start = time.perf_counter()
