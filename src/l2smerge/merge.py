@@ -320,10 +320,11 @@ def _merge_one(
         return raw[0]
     rows = job.shared_rows
     n_models = len(plan.models)
-    inputs = [
-        (t[:rows] if rows is not None else t).to(device=plan.device, dtype=torch.float32)
-        for t in raw
-    ]
+    inputs = []
+    while raw:  # convert one by one, freeing each stored-dtype buffer once converted
+        t = raw.pop(0)
+        inputs.append((t[:rows] if rows is not None else t).to(plan.device, torch.float32))
+        del t
     tensors, base = inputs[:n_models], (inputs[n_models] if method.needs_base else None)
     kwargs = resolver.resolve(job.name)
     if "on" in method.params:

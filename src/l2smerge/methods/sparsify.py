@@ -33,8 +33,9 @@ def magnitude_threshold(delta: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.kthvalue(magnitude, position + 1).values
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `density` fraction of entries with the largest magnitude, zero the rest.
+def trim_by_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the `density` fraction of entries with the largest magnitude, zero the rest, in
+    place (one scratch buffer of |delta|'s size; no sort).
 
     keep = round(density * n) entries; every entry whose magnitude is at least the keep-th
     largest magnitude is kept (entries tied at the threshold are all kept).
@@ -44,17 +45,25 @@ def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     n = delta.numel()
     keep = round(density * n)
     if keep >= n:
-        return delta.clone()
+        return delta
     if keep <= 0:
-        return torch.zeros_like(delta)
+        return delta.zero_()
     threshold = magnitude_threshold(delta, keep)
-    return delta * (delta.abs() >= threshold)
+    scratch = torch.abs(delta)
+    delta.mul_(scratch.ge_(threshold))  # scratch now holds the 0/1 mask
+    return delta
 
 
-def drop_random(
+def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """trim_by_magnitude_ on a copy: the caller's tensor is left as it was."""
+    return trim_by_magnitude_(delta.clone(), density)
+
+
+def drop_random_(
     delta: torch.Tensor, drop_rate: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """DARE: drop each entry with probability `drop_rate`, rescale the rest by 1/(1 - p).
+    """DARE, in place: drop each entry with probability `drop_rate`, rescale the rest by
+    1/(1 - p).
 
     Random numbers are drawn on the generator's device (CPU by default) so a merge gives the
     same result on CPU and GPU.
@@ -62,10 +71,17 @@ def drop_random(
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     if drop_rate == 0.0:
-        return delta.clone()
+        return delta
     device = generator.device if generator is not None else torch.device("cpu")
-    keep = torch.rand(delta.shape, generator=generator, device=device) >= drop_rate
-    return delta * keep.to(delta.device) / (1.0 - drop_rate)
+    keep = torch.rand(delta.shape, generator=generator, device=device).ge_(drop_rate)
+    return delta.mul_(keep.to(delta.device)).div_(1.0 - drop_rate)
+
+
+def drop_random(
+    delta: torch.Tensor, drop_rate: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """drop_random_ on a copy: the caller's tensor is left as it was."""
+    return drop_random_(delta.clone(), drop_rate, generator)
 
 
 def elect_sign(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -76,12 +92,25 @@ def elect_sign(deltas: list[torch.Tensor]) -> torch.Tensor:
     return total.sign_()
 
 
+def disjoint_mean_(deltas: list[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
+    """Per entry, the mean of the non-zero deltas whose sign agrees with `sign` (0 if none).
+
+    Consumes `deltas` (they are masked in place) and returns the mean in `deltas[0]`'s memory.
+    """
+    if len(deltas) == 1:  # a lone delta always agrees with its own sign
+        return deltas[0].mul_(sign.ne(0))
+    count = torch.zeros(sign.shape, dtype=torch.uint8, device=sign.device)
+    total = deltas[0]
+    for i, d in enumerate(deltas):
+        agrees = torch.mul(d, sign).gt_(0)  # sign(d) == sign and d != 0
+        d.mul_(agrees)
+        count.add_(agrees.to(torch.uint8))
+        del agrees
+        if i:
+            total.add_(d)
+    return total.div_(count.clamp_(min=1))
+
+
 def disjoint_mean(deltas: list[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
-    """Per entry, the mean of the non-zero deltas whose sign agrees with `sign` (0 if none)."""
-    total = torch.zeros_like(deltas[0])
-    count = torch.zeros_like(deltas[0])
-    for d in deltas:
-        agrees = (d.sign() == sign) & (d != 0)
-        total.add_(d * agrees)
-        count.add_(agrees)
-    return total.div_(count.clamp_(min=1.0))
+    """disjoint_mean_ on copies: the caller's deltas are left as they were."""
+    return disjoint_mean_([d.clone() for d in deltas], sign)

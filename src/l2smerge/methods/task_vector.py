@@ -10,26 +10,23 @@ import torch
 
 from l2smerge.methods.registry import register
 from l2smerge.methods.sparsify import (
-    disjoint_mean,
-    drop_random,
+    disjoint_mean_,
+    drop_random_,
     elect_sign,
     per_model,
-    trim_by_magnitude,
+    trim_by_magnitude_,
 )
 
-
-def _weighted_sum(base: torch.Tensor, deltas: list[torch.Tensor], alphas: list[float]):
-    merged = base.clone()
-    for delta, alpha in zip(deltas, alphas, strict=True):
-        merged.add_(delta, alpha=alpha)
-    return merged
+# Every method is pure (its inputs are left untouched) but works in place on the task
+# vectors it creates itself: for a 7B model's embedding each float32 copy is ~2 GB.
 
 
 def _consensus(base: torch.Tensor, deltas: list[torch.Tensor], alphas: list[float]):
-    """θ0 + disjoint mean of the αk-scaled deltas around their elected sign."""
+    """θ0 + disjoint mean of the αk-scaled deltas around their elected sign (consumes deltas)."""
     scaled = [d.mul_(a) for d, a in zip(deltas, alphas, strict=True)]
-    sign = elect_sign(scaled)
-    return disjoint_mean(scaled, sign).add_(base)
+    if len(scaled) == 1:  # a lone task vector agrees with its own signs everywhere
+        return scaled[0].add_(base)
+    return disjoint_mean_(scaled, elect_sign(scaled)).add_(base)
 
 
 @register("average", needs_base=False)
@@ -47,9 +44,10 @@ def task_arithmetic(
 ) -> torch.Tensor:
     """Task arithmetic: θ0 + Σ αk·δk."""
     alphas = per_model(alpha, len(tensors), "alpha")
-    merged = base.clone()
+    # θ0 + Σ αk(θk − θ0) = (1 − Σ αk)·θ0 + Σ αk·θk: no task vector is materialised.
+    merged = base * (1.0 - sum(alphas))
     for t, a in zip(tensors, alphas, strict=True):
-        merged.add_(t - base, alpha=a)
+        merged.add_(t, alpha=a)
     return merged
 
 
@@ -64,11 +62,7 @@ def ties(
     """TIES: trim each δk to its top-density magnitudes, elect signs, add α·disjoint mean."""
     alphas = per_model(alpha, len(tensors), "alpha")
     densities = per_model(density, len(tensors), "density")
-    deltas = []
-    for t, d in zip(tensors, densities, strict=True):
-        delta = t - base
-        deltas.append(trim_by_magnitude(delta, d))
-        del delta
+    deltas = [trim_by_magnitude_(t - base, d) for t, d in zip(tensors, densities, strict=True)]
     return _consensus(base, deltas, alphas)
 
 
@@ -84,8 +78,10 @@ def dare_ta(
     """DARE-TA: drop each δk entry with probability p, rescale by 1/(1−p), then θ0 + Σ αk·δk."""
     alphas = per_model(alpha, len(tensors), "alpha")
     rates = per_model(drop_rate, len(tensors), "drop_rate")
-    deltas = [drop_random(t - base, p, generator) for t, p in zip(tensors, rates, strict=True)]
-    return _weighted_sum(base, deltas, alphas)
+    merged = base.clone()
+    for t, a, p in zip(tensors, alphas, rates, strict=True):
+        merged.add_(drop_random_(t - base, p, generator), alpha=a)
+    return merged
 
 
 @register("dare_ties")
@@ -104,6 +100,5 @@ def dare_ties(
     densities = per_model(density, len(tensors), "density")
     deltas = []
     for t, p, d in zip(tensors, rates, densities, strict=True):
-        delta = drop_random(t - base, p, generator)
-        deltas.append(trim_by_magnitude(delta, d) if d < 1.0 else delta)
+        deltas.append(trim_by_magnitude_(drop_random_(t - base, p, generator), d))
     return _consensus(base, deltas, alphas)
