@@ -269,3 +269,43 @@ def test_cli_prints_table_and_errors_exit_2(tmp_path, data_dir):
     assert bad.returncode == 2
     assert "unknown benchmark 'nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_all_means_the_seven_benchmarks():
+    from l2smerge.eval.benchmarks import parse_bench_names
+
+    assert parse_bench_names("all") == [
+        "gsm8k",
+        "math500",
+        "minerva_math",
+        "olympiadbench",
+        "college_math",
+        "aime24",
+        "amc23",
+    ]
+    assert parse_bench_names("lab, gsm8k,lab") == ["lab", "gsm8k"]
+
+
+def test_prompts(tmp_path):
+    from l2smerge.eval.prompts import PromptBuilder
+
+    raw = PromptBuilder("auto")("What is $\\frac{1}{2}$?")
+    assert raw.text == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within "
+        "\\boxed{}.<|im_end|>\n<|im_start|>user\nWhat is $\\frac{1}{2}$?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert raw.messages[0]["role"] == "system" and raw.stop == ()
+    few = PromptBuilder("fewshot")("What is 3+4?")
+    assert few.text.endswith("\n\nQuestion: What is 3+4?\nAnswer:")
+    assert few.text.count("\\boxed{") == 4 and few.messages is None
+    assert "\nQuestion:" in few.stop
+    template = tmp_path / "t.txt"
+    template.write_text("Solve {question} and box it: \\boxed{{}}\n")
+    custom = PromptBuilder(str(template))("$x^{2}=4$")
+    assert custom.text == "Solve $x^{2}=4$ and box it: \\boxed{{}}\n"
+    template.write_text("no placeholder")
+    with pytest.raises(L2SError, match="has no {question} placeholder"):
+        PromptBuilder(str(template))
+    with pytest.raises(L2SError, match="is neither one of auto, cot, fewshot nor a file"):
+        PromptBuilder("cott")

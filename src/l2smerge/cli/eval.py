@@ -21,7 +21,8 @@ def eval_command(
         "--bench",
         "-b",
         help="Comma-separated: gsm8k,math500,minerva_math,olympiadbench,"
-        "college_math,aime24,amc23,lab. With replay, default: every bench in --responses.",
+        "college_math,aime24,amc23,lab; all = the seven math sets. With replay, default: every "
+        "bench in --responses.",
     ),
     out: Path = typer.Option(
         ...,

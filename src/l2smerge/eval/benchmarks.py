@@ -105,8 +105,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     )
 }
 
-# The study's six, plus AMC23 that the Qwen2.5-Math toolkit ships alongside them.
+# The study's six, plus AMC23 that the Qwen2.5-Math toolkit ships alongside them; `all`.
 STUDY_BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "college_math", "aime24")
+SEVEN_BENCHMARKS = (*STUDY_BENCHMARKS, "amc23")
 
 
 def parse_bench_names(benches: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -115,6 +116,9 @@ def parse_bench_names(benches: str | list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for name in (n.strip() for n in names):
         if not name:
+            continue
+        if name == "all":  # the seven reasoning benchmarks (not the lab task)
+            out.extend(b for b in SEVEN_BENCHMARKS if b not in out)
             continue
         if name not in BENCHMARKS:
             known = ", ".join(BENCHMARKS)

@@ -31,6 +31,8 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(tokenizer or model)
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # Llama-style tokenizers have none; pad with eos
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         if dtype is None:
             # bf16 matmuls are slow on most CPUs; on GPU keep the checkpoint's own dtype.
             dtype = "auto" if self.device.startswith("cuda") else "float32"
