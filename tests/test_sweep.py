@@ -149,6 +149,7 @@ def test_selection_rule_numbers():
                 "delta_ci95": [delta - 0.1, delta + 0.1],
                 "n": 100,
                 "tokens_ratio": tokens / 1000,
+                "reference_accuracy": acc - delta,
             },
         }
 
@@ -161,6 +162,8 @@ def test_selection_rule_numbers():
     assert sel["chosen"] == "short-ok"
     assert sel["rejected"] == ["short-but-worse"]
     assert any("p < 0.05" in line for line in sel["lines"])
+    assert "chosen: short-ok: accuracy 52.0% against 55.0%" in sel["lines"][-1]
+    assert "-55.0% length" in sel["lines"][-1]
     assert choose(pts, has_reference=True, alpha=0.0001)["chosen"] == "short-but-worse"
     assert choose(pts, rule="most_accurate", has_reference=True)["chosen"] == "long-better"
     with pytest.raises(L2SError, match="needs a reference"):
@@ -248,10 +251,13 @@ def test_adaptive_search_resumes_its_trials(pair, data_dir, tmp_path):
     assert json.loads((out / "pareto.json").read_text())["front"]
 
 
-@pytest.mark.slow  # ~50 s on 2 busy cores: Ray start-up and worker imports
+@pytest.mark.slow  # Ray start-up and the worker's imports: ~30-60 s on 2 busy cores
 def test_sweep_on_local_ray_with_cpu_workers(pair, data_dir, tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     spec = _spec(pair, data_dir, points=[], report=False)
+    # One CPU worker: both points run in it one after the other (one torch import, not two).
+    # run_sweep uses the running instance and shuts it down at the end.
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     out = tmp_path / "s"
     result = run_sweep(spec, out, progress=False, ray_address="local")
     assert len(result["points"]) == 2

@@ -77,7 +77,16 @@ def choose(
         chosen = max(
             (p for p in eligible if p["mean_tokens"] == best_tokens), key=lambda p: p["accuracy"]
         )
-        lines.append(f"chosen: {chosen['label']}")
+        v = chosen["vs_reference"]
+        length = (
+            "" if v["tokens_ratio"] is None else f", {100 * (v['tokens_ratio'] - 1):+.1f}% length"
+        )
+        lines.append(
+            f"chosen: {chosen['label']}: accuracy {100 * chosen['accuracy']:.1f}% against "
+            f"{100 * v['reference_accuracy']:.1f}% for the reference on the same items "
+            f"({100 * v['delta']:+.1f} pts, p = {v['p_value']:.3g}), "
+            f"{chosen['mean_tokens']:.0f} mean tokens{length}"
+        )
     else:
         lines.append("chosen: none; every point is significantly less accurate than the reference")
     return {

@@ -168,6 +168,11 @@ class Sweep:
     def _record(self, point: Point, outcome: dict[str, Any]) -> dict[str, Any]:
         run = load_run(outcome["run_dir"], point.label)
         stats = summarise(run)
+        if stats.average["mean_tokens"] is None:
+            raise L2SError(
+                f"{outcome['run_dir']}: the run has no token counts, so the sweep cannot "
+                "weigh length; use a backend that counts tokens (hf, vllm, or openai with usage)"
+            )
         record: dict[str, Any] = {
             "id": point.id,
             "label": point.label,
@@ -348,6 +353,14 @@ class Sweep:
                     ray.shutdown()
         write_json_atomic(self.out / "pareto.json", pareto)
         write_json_atomic(self.out / "selection.json", selection)
+        if pareto["reference"] is not None:
+            ref = pareto["reference"]
+            tokens = "" if ref["mean_tokens"] is None else f", {ref['mean_tokens']:.0f} mean tokens"
+            self.console.print(
+                f"reference {ref['label']}: accuracy {100 * ref['accuracy']:.1f}%{tokens}"
+            )
+        front = {p["id"]: p["label"] for p in pareto["points"]}
+        self.console.print(f"Pareto front: {', '.join(front[i] for i in pareto['front'])}")
         for line in selection["lines"]:
             self.console.print(line)
         result = {
