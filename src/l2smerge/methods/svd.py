@@ -52,14 +52,17 @@ def lore_estimate(
     iterations: int = 10,
     tolerance: float = 1e-5,
 ) -> LoreEstimate:
-    """Alternate θ0' = mean_k(θk − δk) and δk = low-rank(θk − θ0'), starting from θ0' = mean θk.
+    """Alternate δk = low-rank(θk − θ0') and θ0' = mean_k(θk − δk), from θ0' = mean θk.
 
     rank > 0: δk is the best rank-`rank` approximation of θk − θ0' (hard rank constraint).
     rank = 0: δk is singular-value soft thresholding of θk − θ0' with μ = threshold × the
     largest singular value among the initial residuals θk − mean θ (fixed once per tensor, so
     the objective Σ‖θk − θ0' − δk‖² + 2μ Σ‖δk‖_* stays the same across iterations and block
-    coordinate descent decreases it monotonically). Stops early once θ0' changes by less than
-    `tolerance` relative to its norm.
+    coordinate descent decreases it monotonically). At least one iteration runs; it stops
+    early once θ0' changes by less than `tolerance` relative to its norm. The result always
+    satisfies θ0' = mean_k(θk − δk) exactly, δk being the low-rank part of θk minus the
+    previous estimate (for two models the estimate is the models' mean and one iteration,
+    K SVDs, converges).
     """
     stacked = torch.stack(tensors)
     base = stacked.mean(dim=0)
@@ -72,7 +75,7 @@ def lore_estimate(
         return singular_value_threshold(residual, mu)
 
     changes: list[float] = []
-    for _ in range(max(iterations, 0)):
+    for _ in range(max(iterations, 1)):
         deltas = [low_rank(t - base) for t in tensors]
         new_base = (stacked - torch.stack(deltas)).mean(dim=0)
         change = float((new_base - base).norm() / new_base.norm().clamp_min(1e-12))
@@ -80,7 +83,6 @@ def lore_estimate(
         base = new_base
         if change < tolerance:
             break
-    deltas = [low_rank(t - base) for t in tensors]
     return LoreEstimate(base, deltas, changes)
 
 
@@ -100,10 +102,10 @@ def lore(
     singular-value thresholding at `threshold` × the largest singular value choose it.
     1-D tensors have no low-rank structure: they get the plain mean of the models.
     """
-    if rank < 0 or threshold < 0 or iterations < 0:
+    if rank < 0 or threshold < 0 or iterations < 1:
         raise L2SError(
-            f"lore: rank ({rank}), threshold ({threshold}) and iterations ({iterations}) "
-            "must be >= 0"
+            f"lore: rank ({rank}) and threshold ({threshold}) must be >= 0, iterations "
+            f"({iterations}) >= 1"
         )
     if tensors[0].ndim != 2:
         return torch.stack(tensors).mean(dim=0)
