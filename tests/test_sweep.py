@@ -270,3 +270,44 @@ def test_sweep_on_local_ray_with_cpu_workers(pair, data_dir, tmp_path):
     # the same folder resumes without Ray and finds nothing to do
     again = run_sweep(spec, out, progress=False)
     assert {r["id"] for r in again["points"]} == {r["id"] for r in records}
+
+
+def test_sweep_over_the_lab_pair(tmp_path):
+    """A few points over the bundled lab pair on the lab benchmark: merges that really differ
+    in accuracy and length, so the front and the selection are not trivial."""
+    from l2smerge.lab.bench import bundled_pair, write_benchmark
+
+    try:
+        pair = bundled_pair()
+    except L2SError as exc:
+        pytest.skip(str(exc))
+    data_dir = tmp_path / "benchmarks"
+    write_benchmark(data_dir, per_level=2)
+    spec = {
+        "base": str(pair["system1"]),
+        "models": [str(pair["system1"]), str(pair["system2"])],
+        "merge": {"dtype": "float32"},
+        "grid": [{"method": "task_arithmetic", "alpha": [0.3, 0.7]}],
+        "points": [{"preset": "ties@7b"}],
+        "eval": {"benches": ["lab"], "data_dir": str(data_dir), "max_tokens": 160},
+        "reference": {"model": str(pair["system2"]), "label": "system2"},
+        "report": False,
+    }
+    result = run_sweep(spec, tmp_path / "sweep", progress=False)
+    records = result["points"]
+    assert len(records) == 3
+    reference = result["pareto"]["reference"]
+    for r in records:
+        assert r["vs_reference"]["n"] == r["benchmarks"]["lab"]["n"] > 0
+        assert r["vs_reference"]["reference_accuracy"] == pytest.approx(reference["accuracy"])
+    front = result["pareto"]["front"]
+    assert front
+    by_id = {r["id"]: r for r in records}
+    chosen = result["selection"]["chosen"]
+    if chosen is not None:  # the rule's own definition, checked against the records
+        eligible = [by_id[i] for i in result["selection"]["eligible"]]
+        assert by_id[chosen]["mean_tokens"] == min(r["mean_tokens"] for r in eligible)
+        assert not (
+            by_id[chosen]["vs_reference"]["delta"] < 0
+            and by_id[chosen]["vs_reference"]["p_value"] < 0.05
+        )
