@@ -90,6 +90,17 @@ def test_streamed_importance_equals_whole_model_hooks(family):
         assert torch.allclose(streamed[name], whole[name], atol=1e-5), name
 
 
+def test_streaming_matches_on_a_tied_llama(tmp_path):
+    from tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "llama", arch="llama", tie=True, layers=3)
+    texts = cal.read_calibration(write_calibration(tmp_path / "c.jsonl"), ("question",))
+    streamed = cal.activation_importance(model, texts, progress=False)
+    whole = cal.activation_importance(model, texts, stream=False, progress=False)
+    assert len(streamed) == 3 * 7 and streamed.keys() == whole.keys()
+    assert all(torch.allclose(streamed[k], whole[k], atol=1e-5) for k in streamed)
+
+
 def test_importance_covers_every_linear_but_the_head(family):
     base, _, calib = family
     texts = cal.read_calibration(calib, cal.METHOD_FIELDS["aim"])
