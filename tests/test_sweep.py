@@ -201,6 +201,9 @@ def test_grid_expansion_and_bad_keys(tmp_path):
     bad({"grid": [], "points": []}, r"no merge to try")
     bad({"reference": {"label": "x"}}, r"reference: give exactly one")
     bad({"selection": {"rule": "best"}}, r"selection.rule")
+    bad({"merge": {"dtyp": "float32"}}, r"merge.dtyp: unknown key \(known: .*dtype")
+    bad({"merge": {"method": "ties"}}, r"merge.method: set it per point")
+    bad({"selection": {"rule": "shortest_not_worse"}}, r"selection.rule: shortest_not_worse needs")
 
 
 def test_cli_bad_sweep_file_names_key(tmp_path):
@@ -311,3 +314,17 @@ def test_sweep_over_the_lab_pair(tmp_path):
             by_id[chosen]["vs_reference"]["delta"] < 0
             and by_id[chosen]["vs_reference"]["p_value"] < 0.05
         )
+
+
+def test_a_failing_point_is_named(pair, data_dir, tmp_path):
+    spec = _spec(
+        pair,
+        data_dir,
+        grid=[],
+        reference=None,
+        report=False,
+        points=[{"method": "ties", "alpha": 1.0, "density": 1.5}],
+    )
+    with pytest.raises(L2SError, match=r"sweep point ties\(alpha=1,density=1.5\): .*density"):
+        run_sweep(spec, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "points.jsonl").exists()

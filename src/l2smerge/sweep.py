@@ -234,12 +234,15 @@ class Sweep:
         return record
 
     def _run_local(self, point: Point) -> dict[str, Any]:
-        return merge_and_evaluate(
-            self.spec.model_dump(mode="json"),
-            point.key(),
-            str(self._point_dir(point)),
-            self.progress,
-        )
+        try:
+            return merge_and_evaluate(
+                self.spec.model_dump(mode="json"),
+                point.key(),
+                str(self._point_dir(point)),
+                self.progress,
+            )
+        except L2SError as exc:
+            raise L2SError(f"sweep point {point.label}: {exc}") from exc
 
     def _ray_remote(self):
         if self._remote is None:
@@ -288,7 +291,8 @@ class Sweep:
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.as_instanceof_cause()
                 if isinstance(cause, L2SError):
-                    raise L2SError(str(cause).splitlines()[-1]) from None
+                    message = str(cause).strip().splitlines()[-1]
+                    raise L2SError(f"sweep point {point.label}: {message}") from None
                 raise
             self._finish(point, outcome, done, total)
 
@@ -333,24 +337,24 @@ class Sweep:
             reference_dir = self._source_run(self.spec.reference, "reference")
             self.reference_run = load_run(reference_dir, self.spec.reference.name)
         baseline_dirs = [self._source_run(b, "baselines") for b in self.spec.baselines]
-        self._run_points(points)
-        if self.spec.search is not None:
-            self._run_search()
         try:
-            records = list(self.records.values())
-            pareto = self._pareto(records)
-            selection = choose(
-                records,
-                rule=self.spec.selection.rule,
-                alpha=self.spec.selection.alpha,
-                has_reference=self.reference_run is not None,
-            )
+            self._run_points(points)
+            if self.spec.search is not None:
+                self._run_search()
         finally:
             if self.ray_address is not None:
                 import ray
 
                 if ray.is_initialized():
                     ray.shutdown()
+        records = list(self.records.values())
+        pareto = self._pareto(records)
+        selection = choose(
+            records,
+            rule=self.spec.selection.rule,
+            alpha=self.spec.selection.alpha,
+            has_reference=self.reference_run is not None,
+        )
         write_json_atomic(self.out / "pareto.json", pareto)
         write_json_atomic(self.out / "selection.json", selection)
         if pareto["reference"] is not None:

@@ -227,9 +227,30 @@ def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
         raise L2SError(f"{path}: {_first_error(exc)}") from None
     if not (spec.points or spec.grid or spec.search):
         raise L2SError(f"{path}: points/grid/search: the sweep has no merge to try; add one")
+    _check_merge_fields(spec.merge, path)
+    if spec.selection.rule == "shortest_not_worse" and spec.reference is None:
+        raise L2SError(
+            f"{path}: selection.rule: shortest_not_worse needs a reference "
+            "(reference: {model: ...} or {run: ...}); add one or use rule: most_accurate"
+        )
     spec = spec.resolved(path.parent)
     expand_points(spec, path)  # validates every point now, before any work
     return spec
+
+
+# MergeConfig fields a sweep sets per point or from base/models, not under merge:
+_PER_POINT_FIELDS = {"method", "models", "base", "parameters", "on", "preset"}
+
+
+def _check_merge_fields(merge: dict[str, Any], path: Path) -> None:
+    from l2smerge.merge_config import MergeConfig
+
+    for key in merge:
+        if key in _PER_POINT_FIELDS:
+            raise L2SError(f"{path}: merge.{key}: set it per point or at the top level, not here")
+        if key not in MergeConfig.model_fields:
+            known = ", ".join(sorted(set(MergeConfig.model_fields) - _PER_POINT_FIELDS))
+            raise L2SError(f"{path}: merge.{key}: unknown key (known: {known})")
 
 
 def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
