@@ -15,7 +15,7 @@ SEVEN = ("gsm8k", "math500", "minerva_math", "olympiadbench", "college_math", "a
 # math-verify takes ~50 ms per answer it has to reason about symbolically (a wrong answer
 # always does), so the changed-answer replay checks a deterministic sample of each bench;
 # docs/eval.md gives the timing of the full replay.
-CHANGED_SAMPLE = 40
+CHANGED_SAMPLE = 25
 
 
 def write_replay(path, rows):

@@ -142,8 +142,8 @@ def answers_equal(pred: str, gold: str, *, unit: str | None = None, integer: boo
         gi, pi = _as_integer(g), _as_integer(p.strip("()"))
         if gi is not None:
             return pi == gi
-    if _numbers_close(p, g):
-        return True
+    if _as_number(p) is not None and _as_number(g) is not None:
+        return _numbers_close(p, g)  # two plain numbers: no need to ask math-verify
     if _symbolic_equal(clean(gold, unit), clean(pred, unit)):
         return True
     gold_parts, pred_parts = _split_top_level(gold), _split_top_level(pred)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.errors import LiveError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,7 +37,10 @@ class EvalProgress:
 
     def __enter__(self) -> EvalProgress:
         self.started = time.perf_counter()
-        self._progress.start()
+        try:
+            self._progress.start()
+        except LiveError:  # a caller's own live display (a sweep's) is already on screen
+            self._progress.disable = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
