@@ -48,6 +48,10 @@ def test_last_boxed_none_without_box():
         ("30°", "30"),
         ("Evelyn", "\\text{Evelyn}"),  # text answers
         ("\\text{(C)}", "(C)"),
+        ("C", "\\text{(C)}"),  # multiple choice letters
+        ("\\$18.00", "18"),
+        ("18 \\text{ dollars}", "18"),
+        ("20", "20\\%"),
         ("1,000", "1000"),  # thousands separators
         ("1000", "1,000"),
         ("\\$18", "18"),  # dollars
@@ -70,6 +74,7 @@ def test_equivalent_forms(pred, gold):
         ("2\\sqrt{3}", "\\sqrt{8}"),
         ("(1,3]", "[1,3)"),
         ("Bob", "\\text{Evelyn}"),
+        ("(B)", "\\text{(C)}"),
         ("100", "1,000"),
         ("1,3", "1,3,5"),
         ("", "3"),

@@ -20,6 +20,7 @@ _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _SIZING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
+_CHOICE = re.compile(r"\(?([a-e])\)?")
 _UNIT_WORDS = re.compile(
     r"\s*(?:dollars?|cents?|units?|degrees?|meters?|cm|km|inches|inch|feet|foot|ft|miles?|"
     r"hours?|minutes?|seconds?|days?|weeks?|years?|mph|km/h|sq\.?\s*units?)\s*$",
@@ -137,6 +138,9 @@ def answers_equal(pred: str, gold: str, *, unit: str | None = None, integer: boo
         return False
     if p == g:
         return True
+    choice_p, choice_g = _CHOICE.fullmatch(p), _CHOICE.fullmatch(g)
+    if choice_p and choice_g:  # multiple choice: "(C)" = "C"
+        return choice_p.group(1) == choice_g.group(1)
     if integer:
         # AIME/AMC answers are integers; "(113)" from "\\textbf{(113)}" is still 113.
         gi, pi = _as_integer(g), _as_integer(p.strip("()"))
