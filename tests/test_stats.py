@@ -27,10 +27,10 @@ def test_mcnemar_exact_matches_binomial_by_hand():
 def test_bootstrap_interval_contains_mean_and_is_seeded():
     rng = np.random.default_rng(1)
     x = rng.normal(5.0, 1.0, 400)
-    ci = stratified_bootstrap([[x]], lambda s: float(s[0][0].mean()), seed=3, resamples=500)
+    ci = stratified_bootstrap([[x]], lambda s: s[0][0].mean(axis=-1), seed=3, resamples=500)
     assert ci[0] < x.mean() < ci[1]
     assert ci[1] - ci[0] == pytest.approx(2 * 1.96 / math.sqrt(400), rel=0.25)
-    again = stratified_bootstrap([[x]], lambda s: float(s[0][0].mean()), seed=3, resamples=500)
+    again = stratified_bootstrap([[x]], lambda s: s[0][0].mean(axis=-1), seed=3, resamples=500)
     assert ci == again
 
 
@@ -39,3 +39,11 @@ def test_sign_flip_agrees_with_mcnemar_on_one_benchmark():
     p = sign_flip_p_value([diffs], resamples=20000, seed=0)
     assert p == pytest.approx(mcnemar_exact(1, 9), abs=0.006)
     assert sign_flip_p_value([np.zeros(10)]) == 1.0
+
+
+def test_sign_flip_general_differences_match_the_binary_shortcut():
+    binary = np.array([1.0] * 12 + [-1.0] * 4 + [0.0] * 30)
+    p_binary = sign_flip_p_value([binary], resamples=20000, seed=1)
+    p_scaled = sign_flip_p_value([binary * 2.5], resamples=20000, seed=1)  # matrix path
+    assert p_scaled == pytest.approx(p_binary, abs=0.01)
+    assert p_binary == pytest.approx(mcnemar_exact(4, 12), abs=0.01)

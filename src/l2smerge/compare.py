@@ -37,6 +37,12 @@ def _ratio(num: float | None, den: float | None) -> float:
     return num / den
 
 
+def _ratios(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Element-wise num / den, nan where den is not positive (or a token count is missing)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
 def _clean(value: float) -> float | None:
     """JSON has no NaN: undefined numbers become null."""
     return None if value is None or not math.isfinite(value) else float(value)
@@ -88,13 +94,13 @@ def _bench_comparison(
     b_only = int(np.sum((correct_a == 0) & (correct_b == 1)))
     delta_ci = stratified_bootstrap(
         [[correct_b - correct_a]],
-        lambda s: float(s[0][0].mean()),
+        lambda s: s[0][0].mean(axis=-1),
         resamples=resamples,
         seed=seed,
     )
     ratio_ci = stratified_bootstrap(
         [[tokens_a, tokens_b]],
-        lambda s: _ratio(s[0][1].mean(), s[0][0].mean()),
+        lambda s: _ratios(s[0][1].mean(axis=-1), s[0][0].mean(axis=-1)),
         resamples=resamples,
         seed=seed,
     )
@@ -149,13 +155,16 @@ def _macro(
     refl_a, refl_b = mean_of("reflective_ratio_a"), mean_of("reflective_ratio_b")
     delta_ci = stratified_bootstrap(
         [[arrays[b][1] - arrays[b][0]] for b in names],
-        lambda s: float(np.mean([x[0].mean() for x in s])),
+        lambda s: np.mean([x[0].mean(axis=-1) for x in s], axis=0),
         resamples=resamples,
         seed=seed,
     )
     ratio_ci = stratified_bootstrap(
         [[arrays[b][2], arrays[b][3]] for b in names],
-        lambda s: _ratio(np.mean([x[1].mean() for x in s]), np.mean([x[0].mean() for x in s])),
+        lambda s: _ratios(
+            np.mean([x[1].mean(axis=-1) for x in s], axis=0),
+            np.mean([x[0].mean(axis=-1) for x in s], axis=0),
+        ),
         resamples=resamples,
         seed=seed,
     )

@@ -55,22 +55,28 @@ def stratified_bootstrap(
 
     `strata` is a list (one per benchmark) of equally long paired arrays, e.g. [correct_a,
     correct_b]; items are resampled with replacement inside each stratum, keeping pairs
-    together. `statistic(resampled_strata)` gets the same nested shape back and returns a
-    float (nan when undefined, e.g. a ratio over zero; those draws are ignored)."""
+    together. Vectorised: `statistic(sample)` gets the same nested shape with each array
+    turned into a (draws, n) matrix, one resample per row, and returns one value per row
+    (nan where undefined, e.g. a ratio over zero; those draws are ignored). Reduce along
+    axis=-1."""
     rng = np.random.default_rng(seed)
     strata = [_groups(arrays) for arrays in strata]
-    draws = np.empty(resamples)
-    for r in range(resamples):
+    largest = max((len(arrays[0]) for arrays in strata), default=1)
+    chunk = max(1, min(resamples, 2_000_000 // max(1, largest)))  # bounded memory
+    draws = []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
         sample = []
         for arrays in strata:
             n = len(arrays[0])
-            idx = rng.integers(0, n, n) if n else np.zeros(0, dtype=int)
+            idx = rng.integers(0, n, size=(size, n)) if n else np.zeros((size, 0), dtype=int)
             sample.append([a[idx] for a in arrays])
-        draws[r] = statistic(sample)
-    draws = draws[np.isfinite(draws)]
-    if draws.size == 0:
+        draws.append(np.asarray(statistic(sample), dtype=float).reshape(size))
+    values = np.concatenate(draws)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
         return (math.nan, math.nan)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
+    lo, hi = np.percentile(values, [2.5, 97.5])
     return (float(lo), float(hi))
 
 
@@ -89,20 +95,30 @@ def sign_flip_p_value(
     diffs = [np.asarray(d, dtype=float) for d in differences if len(d)]
     if not diffs:
         return 1.0
-
     observed = abs(float(np.mean([d.mean() for d in diffs])))
     if observed == 0:
         return 1.0
     rng = np.random.default_rng(seed)
-    hits = 0
-    chunk = 500
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        macro = np.zeros(size)
-        for d in diffs:
-            signs = rng.integers(0, 2, size=(size, d.size)) * 2.0 - 1.0
-            macro += signs @ d / d.size
-        macro /= len(diffs)
-        hits += int(np.sum(np.abs(macro) >= observed - 1e-12))
+    macro = np.zeros(resamples)
+    for d in diffs:
+        nonzero = d[d != 0]  # zero differences do not change under a sign flip
+        if np.all(np.abs(nonzero) == 1):
+            # ±1 differences (right/wrong verdicts): the flipped sum is 2·Bin(k, ½) − k.
+            k = nonzero.size
+            flipped_sum = 2.0 * rng.binomial(k, 0.5, size=resamples) - k
+        else:
+            flipped_sum = np.concatenate(
+                [
+                    (rng.integers(0, 2, size=(m, nonzero.size)) * 2.0 - 1.0) @ nonzero
+                    for m in _chunks(resamples, max(1, 2_000_000 // max(1, nonzero.size)))
+                ]
+            )
+        macro += flipped_sum / d.size
+    macro /= len(diffs)
+    hits = int(np.sum(np.abs(macro) >= observed - 1e-12))
     # +1 so the estimate is never exactly 0 (the observed labelling is one permutation).
     return (hits + 1) / (resamples + 1)
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - start) for start in range(0, total, size)]
