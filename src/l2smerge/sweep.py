@@ -230,6 +230,7 @@ class Sweep:
         if record["vs_reference"]:
             v = record["vs_reference"]
             line += f", delta {100 * v['delta']:+.1f} pts (p = {v['p_value']:.3g})"
+        line += f" [merge {record['merge_seconds']:.0f}s, eval {record['eval_seconds']:.0f}s]"
         self.console.print(line)
         return record
 
