@@ -91,8 +91,15 @@ class HFBackend:
             padded = self.tokenizer.pad(
                 {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
             ).to(self.device)
-            with torch.inference_mode():
-                out = self.model.generate(**padded, generation_config=config, **extra)
+            try:
+                with torch.inference_mode():
+                    out = self.model.generate(**padded, generation_config=config, **extra)
+            except torch.OutOfMemoryError:
+                raise L2SError(
+                    f"out of memory generating a batch of {len(batch)} prompts of up to "
+                    f"{len(encoded[batch[0]])} tokens with --max-tokens {max_tokens}; lower "
+                    "--batch-size and rerun (results so far are kept)"
+                ) from None
             new_tokens = out[:, padded["input_ids"].shape[1] :].tolist()
             for i, ids in zip(batch, new_tokens, strict=True):
                 yield i, self._finish(ids, requests[i].prompt.stop, max_tokens)
