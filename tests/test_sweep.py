@@ -112,6 +112,16 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     run_sweep(_spec(pair, data_dir), out, progress=False)
     assert calls == []  # a finished sweep does nothing again
 
+    # dropping a point from the file: it stays recorded but leaves the front and selection
+    fewer = run_sweep(_spec(pair, data_dir, points=[]), out, progress=False)
+    assert calls == [] and len(fewer["points"]) == 2
+    assert len((out / "points.jsonl").read_text().splitlines()) == 3
+    # other evaluation settings are refused instead of mixed into one front
+    changed = _spec(pair, data_dir)
+    changed["eval"]["limit"] = 3
+    with pytest.raises(L2SError, match="different eval"):
+        run_sweep(changed, out, progress=False)
+
 
 def test_keep_models_and_a_calibrated_preset(pair, data_dir, tmp_path):
     calibration = tmp_path / "calibration.jsonl"

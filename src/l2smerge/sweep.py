@@ -143,6 +143,27 @@ class Sweep:
     def _save_points(self) -> None:
         write_jsonl_atomic(self.out / POINTS_FILE, self.records.values())
 
+    def _check_same_setup(self) -> None:
+        """Rerunning into DIR resumes only the same models and evaluation: results measured
+        under other settings must not be mixed into one front."""
+        path = self.out / "sweep.json"
+        if not path.is_file():
+            return
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise L2SError(
+                f"{path}: not valid JSON; remove it to start this sweep afresh"
+            ) from None
+        now = self.spec.model_dump(mode="json")
+        for key in ("base", "models", "merge", "eval"):
+            if key in earlier and earlier[key] != now[key]:
+                raise L2SError(
+                    f"{self.out} holds a sweep with different {key}: {earlier[key]!r}, not "
+                    f"{now[key]!r}; use another -o to keep both (points, grid, search, "
+                    "selection and report may change between runs)"
+                )
+
     # -- reference and baselines ----------------------------------------------------------
     def _source_run(self, source: RunSource, folder: str) -> Path:
         if source.run is not None:
@@ -331,6 +352,7 @@ class Sweep:
     # -- the whole sweep -----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
+        self._check_same_setup()
         write_json_atomic(self.out / "sweep.json", self.spec.model_dump(mode="json"))
         points = expand_points(self.spec)
         reference_dir = None
@@ -348,7 +370,18 @@ class Sweep:
 
                 if ray.is_initialized():
                     ray.shutdown()
-        records = list(self.records.values())
+        # Points of earlier versions of the sweep file stay in points.jsonl but are left out.
+        wanted = {p.id for p in points}
+        records = [
+            r
+            for r in self.records.values()
+            if r["id"] in wanted or (self.spec.search is not None and r["source"] == "search")
+        ]
+        if len(records) < len(self.records):
+            self.console.print(
+                f"{len(self.records) - len(records)} point(s) in {POINTS_FILE} are not in this "
+                "sweep file; they stay recorded but are left out of the front and the selection"
+            )
         pareto = self._pareto(records)
         selection = choose(
             records,
