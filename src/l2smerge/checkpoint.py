@@ -238,8 +238,8 @@ class Checkpoint:
         info = self.info(name)
         if self._pickle_state is not None:
             return self._pickle_state[name].clone()
-        buf = bytearray(info.nbytes)
-        view = memoryview(buf)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
+        view = memoryview(buf.numpy())
         got = 0
         try:
             fd = os.open(info.file, os.O_RDONLY)
@@ -257,7 +257,7 @@ class Checkpoint:
             raise L2SError(f"{info.file}: truncated while reading tensor {name!r}")
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+        return buf.view(info.dtype).reshape(info.shape)
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())

@@ -11,6 +11,7 @@ temporary folder beside OUT and renamed at the end, so a failed merge never leav
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -349,7 +350,9 @@ def _merge_one(
             f"tensor {job.name!r}: {config.method} returned shape {tuple(result.shape)}, "
             f"expected {expected}"
         )
-    if not bool(torch.isfinite(result).all()):
+    # aminmax propagates NaN and is ~20x faster than isfinite().all() on CPU
+    low, high = torch.aminmax(result) if result.numel() else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
         bad = [
             str(c.path)
             for (c, _), t in zip(job.sources, inputs, strict=True)
