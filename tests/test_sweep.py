@@ -338,3 +338,30 @@ def test_a_failing_point_is_named(pair, data_dir, tmp_path):
     with pytest.raises(L2SError, match=r"sweep point ties\(alpha=1,density=1.5\): .*density"):
         run_sweep(spec, tmp_path / "s", progress=False)
     assert not (tmp_path / "s" / "points.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "ray_address"),
+    [
+        (["S.yaml", "-o", "d"], None),
+        (["S.yaml", "-o", "d", "--ray"], "local"),
+        (["S.yaml", "-o", "d", "--ray", "auto"], "auto"),
+        (["--ray", "ray://head:10001", "S.yaml", "-o", "d"], "ray://head:10001"),
+    ],
+)
+def test_cli_ray_option_forms(args, ray_address, tmp_path, monkeypatch):
+    """`--ray [ADDRESS]`: only the command-line parsing; run_sweep itself is tested above."""
+    from typer.testing import CliRunner
+
+    import l2smerge.sweep as sweep_module
+    from l2smerge.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "S.yaml").write_text("{}")
+    seen = []
+    monkeypatch.setattr(
+        sweep_module, "run_sweep", lambda f, out, **kw: seen.append((f, kw["ray_address"]))
+    )
+    result = CliRunner().invoke(app, ["sweep", *args])
+    assert result.exit_code == 0, result.output
+    assert seen == [("S.yaml", ray_address)]

@@ -7,21 +7,25 @@ from pathlib import Path
 import typer
 
 from l2smerge.cli import app
+from l2smerge.errors import L2SError
+
+# typer has no option with an optional value, so `--ray` is a flag and the address, when
+# given, arrives as the one extra word on the command line (`--ray auto`).
+_EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
-@app.command("sweep")
+@app.command("sweep", context_settings=_EXTRA_ARGS)
 def sweep_command(
-    sweep_file: Path = typer.Argument(..., help="SWEEP.yaml (see docs/sweep.md)."),
+    ctx: typer.Context,
+    sweep_file: str = typer.Argument(..., help="SWEEP.yaml (see docs/sweep.md)."),
     out: Path = typer.Option(..., "-o", "--out", help="Sweep folder (rerun it to resume)."),
-    ray: str | None = typer.Option(
-        None,
+    ray: bool = typer.Option(
+        False,
         "--ray",
-        flag_value="local",
-        is_flag=False,
         metavar="[ADDRESS]",
-        help="Run each point as a Ray task: --ray alone starts a local Ray instance; "
-        "--ray auto or --ray ray://HOST:PORT joins a cluster (one GPU per point when it has "
-        "GPUs). Needs pip install 'l2smerge\\[ray]'.",
+        help="Run each point as a Ray task: --ray alone starts a local Ray instance (or joins "
+        "$RAY_ADDRESS); --ray auto or --ray ray://HOST:PORT joins a cluster. One GPU per "
+        "point when it has GPUs. Needs pip install 'l2smerge\\[ray]'.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -29,4 +33,12 @@ def sweep_command(
     pareto.json, and choose the operating point by a stated rule."""
     from l2smerge.sweep import run_sweep
 
-    run_sweep(sweep_file, out, progress=not quiet, ray_address=ray)
+    address = None
+    if ctx.args:
+        if not ray or len(ctx.args) > 1:
+            raise L2SError(f"sweep: unexpected argument {ctx.args[-1]!r}")
+        address = ctx.args[0]
+        if not Path(sweep_file).exists() and Path(address).is_file():  # --ray ADDR SWEEP.yaml
+            sweep_file, address = address, sweep_file
+    ray_address = (address or "local") if ray else None
+    run_sweep(sweep_file, out, progress=not quiet, ray_address=ray_address)
