@@ -106,3 +106,13 @@ def test_truncate_rank_is_eckart_young():
     s = torch.linalg.svdvals(m)
     assert torch.isclose((m - r2).norm(), s[2:].norm(), atol=1e-5)
     assert torch.equal(truncate_rank(m, 6), m)
+
+
+def test_small_rank_truncation_is_randomized_but_near_optimal_and_deterministic():
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(200, 150, generator=g)  # a flat spectrum: the hardest case
+    approx = truncate_rank(m, 5)  # 2 * (5 + 10) <= 150: the randomized path
+    assert int(torch.linalg.matrix_rank(approx, atol=1e-4)) == 5
+    optimal = torch.linalg.svdvals(m)[5:].norm()
+    assert optimal <= (m - approx).norm() <= 1.01 * optimal
+    assert torch.equal(approx, truncate_rank(m, 5))
