@@ -168,6 +168,11 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
         if reference
         else "No reference run (label one `system2` or pass --reference) so no length change."
     )
+    if len({tuple(sorted(s.benches)) for s in stats}) > 1:
+        ref_note += (
+            " The runs cover different benchmarks, so their Avg and mean tokens are over "
+            "different sets; compare them per benchmark."
+        )
     tables = [
         {
             "title": "Accuracy (%) ± 95% CI, length and reflection",
