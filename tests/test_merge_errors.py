@@ -180,3 +180,21 @@ def test_output_holding_an_input_is_refused_even_with_force(pair, monkeypatch, c
         code, err = cli(monkeypatch, capsys, *args)
         assert code == 2 and "choose another output" in err
     assert (model / "config.json").exists() and (base / "config.json").exists()
+
+
+def test_preset_conflicting_with_method_in_yaml(pair, tmp_path, monkeypatch, capsys):
+    base, model = pair
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {"method": "dare_ta", "preset": "ties@7b", "models": [str(model)], "base": str(base)}
+        )
+    )
+    _fails(monkeypatch, capsys, tmp_path, [config], "c.yaml", "conflicts with preset 'ties@7b'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu(pair, tmp_path, monkeypatch, capsys):
+    base, model = pair
+    args = ["--base", base, "--model", model, "--method", "ties", "--device", "cuda"]
+    _fails(monkeypatch, capsys, tmp_path, args, "--device cuda", "no CUDA device")

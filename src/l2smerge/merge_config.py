@@ -147,7 +147,11 @@ class MergeConfig(BaseModel):
             from l2smerge.presets import get_preset
 
             spec = get_preset(data["preset"])
-            data.setdefault("method", spec["method"])
+            if data.setdefault("method", spec["method"]) != spec["method"]:
+                raise L2SError(
+                    f"{path}: method {data['method']!r} conflicts with preset "
+                    f"{data['preset']!r} (which is {spec['method']}); drop one of them"
+                )
             if spec.get("on"):
                 data.setdefault("on", spec["on"])
             data["parameters"] = {**spec["parameters"], **(data.get("parameters") or {})}
