@@ -38,7 +38,15 @@ class AdaptiveSearch:
         )
         self.study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         for record in finished:
-            params = {k: record["parameters"][k] for k in self.distributions}
+            params = {k: record["parameters"].get(k) for k in self.distributions}
+            inside = all(
+                record["method"] == spec.method
+                and isinstance(v, (int, float))
+                and spec.params[k][0] <= v <= spec.params[k][1]
+                for k, v in params.items()
+            )
+            if not inside:  # a trial of an earlier search over other ranges: not this study's
+                continue
             self.study.add_trial(
                 optuna.trial.create_trial(
                     params=params,
