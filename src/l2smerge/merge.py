@@ -364,6 +364,7 @@ def _merge_one(
             else "inputs are finite: the method overflowed float32; check its parameters"
         )
         raise L2SError(f"tensor {job.name!r}: the merge produced NaN/Inf ({cause})")
+    del inputs, tensors, base, kwargs  # free the float32 inputs before the output cast
     result = result.to(dtype=job.dtype, device="cpu")
     if rows is not None:
         # Vocabulary rule: rows every input has are merged, the rest are the reference's.
