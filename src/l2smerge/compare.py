@@ -334,7 +334,11 @@ def render_markdown(
                 _p(s["p_value"]),
                 _num(s["mean_tokens_a"]),
                 _num(s["mean_tokens_b"]),
-                f"{_num(s['tokens_ratio'], '.2f')} {_ratio_ci(s['tokens_ratio_ci95'])}",
+                (
+                    "–"
+                    if s["tokens_ratio"] is None
+                    else f"{s['tokens_ratio']:.2f} {_ratio_ci(s['tokens_ratio_ci95'])}"
+                ),
                 f"{_pct(s['reflective_ratio_a'])} → {_pct(s['reflective_ratio_b'])}",
                 f"{s['a_right_b_wrong']} / {s['b_right_a_wrong']}",
             ]
@@ -413,7 +417,9 @@ def _side_by_side(item: dict[str, Any], label_a: str, label_b: str) -> str:
     lines += [f"**Gold:** `{item.get('gold')}`", ""]
     cells = []
     for label, side in ((label_a, item["a"]), (label_b, item["b"])):
-        meta = f"answer <code>{esc(str(side.get('extracted')))}</code>, {side.get('tokens')} tokens"
+        tokens = side.get("tokens")
+        meta = f"answer <code>{esc(str(side.get('extracted')))}</code>, "
+        meta += "tokens unknown" if tokens is None else f"{tokens} tokens"
         if side.get("truncated"):
             meta += ", truncated"
         cells.append(
