@@ -132,3 +132,11 @@ def test_normalize_strips_wrappers():
 )
 def test_reflection_keywords(text, count):
     assert count_reflections(text) == count
+
+
+def test_statements_compared_by_their_value():
+    gold = "\\lim _{n \\rightarrow \\infty} n^{2} /\\left(2 n^{2}+1\\right)=1 / 2"
+    assert answers_equal("\\lim_{n \\to \\infty} n^2/(2n^2+1) = 0.5", gold)
+    assert not answers_equal(
+        "\\lim _{n \\rightarrow \\infty} n^{3} /\\left(3 n^{3}+2\\right)=2 / 3", gold
+    )

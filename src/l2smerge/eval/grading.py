@@ -148,6 +148,12 @@ def answers_equal(pred: str, gold: str, *, unit: str | None = None, integer: boo
             return pi == gi
     if _as_number(p) is not None and _as_number(g) is not None:
         return _numbers_close(p, g)  # two plain numbers: no need to ask math-verify
+    if "=" in p and "=" in g:
+        # Two statements "... = value" (College Math writes whole equations as answers):
+        # numeric values decide; math-verify misreads some of these.
+        value_p, value_g = p.rsplit("=", 1)[1], g.rsplit("=", 1)[1]
+        if _as_number(value_p) is not None and _as_number(value_g) is not None:
+            return _numbers_close(value_p, value_g)
     if _symbolic_equal(clean(gold, unit), clean(pred, unit)):
         return True
     gold_parts, pred_parts = _split_top_level(gold), _split_top_level(pred)
