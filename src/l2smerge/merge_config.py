@@ -95,7 +95,7 @@ class MergeConfig(BaseModel):
                     f"(which is {spec['method']}); drop one of them"
                 )
             method = spec["method"]
-            if spec.get("on") and "on" not in fields:
+            if spec.get("on") and fields.get("on") is None:
                 fields["on"] = spec["on"]
             params = {**spec["parameters"], **params}
         if method is None:
