@@ -25,11 +25,28 @@ def cache_in_tmp(tmp_path, monkeypatch):
 # -- the calibration file ----------------------------------------------------------------------
 
 
-def test_read_calibration_joins_the_chosen_fields(tmp_path):
+def test_read_calibration_keeps_the_chosen_fields(tmp_path):
     path = write_calibration(tmp_path / "c.jsonl", [("Q1", "S1", "L1"), ("Q2", "S2", "L2")])
-    assert cal.read_calibration(path, ("question", "short_answer")) == ["Q1\n\nS1", "Q2\n\nS2"]
-    texts = cal.read_calibration(path, cal.METHOD_FIELDS["sens"])
-    assert texts[1] == "Q2\n\nS2\n\nL2"
+    assert cal.read_calibration(path, ("question", "short_answer")) == [
+        {"question": "Q1", "short_answer": "S1"},
+        {"question": "Q2", "short_answer": "S2"},
+    ]
+    samples = cal.read_calibration(path, cal.METHOD_FIELDS["sens"])
+    assert samples[1] == {"question": "Q2", "short_answer": "S2", "long_answer": "L2"}
+
+
+def test_a_sample_is_rendered_as_the_eval_prompt_plus_the_answers():
+    from tiny import byte_tokenizer
+
+    from l2smerge.eval.prompts import cot_messages, render_chat
+
+    tokenizer = byte_tokenizer()
+    sample = {"question": "What is 2+2?", "short_answer": "4", "long_answer": "2+2=4. So 4."}
+    text = cal.render_sample(sample, tokenizer)
+    prompt = render_chat(cot_messages("What is 2+2?"), tokenizer)
+    assert text == prompt + "4\n\n2+2=4. So 4."
+    assert prompt.startswith("<|im_start|>system\nPlease reason step by step")
+    assert cal.render_sample({"long_answer": "Just this."}, tokenizer) == "Just this."
 
 
 def test_method_default_fields_and_parsing():

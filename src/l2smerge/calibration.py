@@ -2,8 +2,8 @@
 
 * Calibration file: JSONL, one object per line with string fields "question",
   "short_answer", "long_answer" (s1K-style). Each method reads the fields it does best with
-  (AIM: question + short answer; Sens: question + both answers); the chosen fields of a line
-  are joined with a blank line into one text.
+  (AIM: question + short answer; Sens: question + both answers); a line becomes the question
+  as the CoT chat prompt followed by the chosen answers (`render_sample`).
 * AIM: mean |input activation| per input channel of every nn.Linear of the base model,
   normalised by its max to an importance in [0, 1]. Collected streaming: one decoder layer's
   weights in memory at a time (see `activation_importance`).
@@ -38,7 +38,7 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "sens": ("question", "short_answer", "long_answer"),
 }
 DEFAULT_MAX_TOKENS = 1024  # per calibration text; longer texts are truncated
-CACHE_VERSION = 1  # bump when a statistic's definition changes: old entries are then ignored
+CACHE_VERSION = 2  # bump when a statistic's definition changes: old entries are then ignored
 
 
 # -- calibration file ------------------------------------------------------------------------
@@ -59,9 +59,12 @@ def parse_fields(fields: str | Sequence[str] | None, method: str) -> tuple[str, 
     return tuple(dict.fromkeys(names))
 
 
-def read_calibration(path: str | Path, fields: Sequence[str]) -> list[str]:
-    """The calibration texts of a JSONL file: the chosen fields of each line, joined by a blank
-    line. Every line must be a JSON object whose chosen fields are non-empty strings."""
+Sample = dict[str, str]  # the chosen fields of one calibration line, in the chosen order
+
+
+def read_calibration(path: str | Path, fields: Sequence[str]) -> list[Sample]:
+    """The chosen fields of every line of a JSONL calibration file. Every line must be a JSON
+    object whose chosen fields are non-empty strings; other fields are ignored."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -69,7 +72,7 @@ def read_calibration(path: str | Path, fields: Sequence[str]) -> list[str]:
         raise L2SError(f"{path}: calibration file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise L2SError(f"{path}: cannot read calibration file ({exc})") from exc
-    texts = []
+    samples = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -79,18 +82,31 @@ def read_calibration(path: str | Path, fields: Sequence[str]) -> list[str]:
             raise L2SError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise L2SError(f"{path}:{number}: expected a JSON object with {', '.join(fields)}")
-        parts = []
+        sample = {}
         for field in fields:
             value = record.get(field)
             if not isinstance(value, str) or not value.strip():
                 raise L2SError(
                     f"{path}:{number}: field {field!r} missing or not a non-empty string"
                 )
-            parts.append(value.strip())
-        texts.append("\n\n".join(parts))
-    if not texts:
+            sample[field] = value.strip()
+        samples.append(sample)
+    if not samples:
         raise L2SError(f"{path}: calibration file has no samples")
-    return texts
+    return samples
+
+
+def render_sample(sample: Sample, tokenizer: Any) -> str:
+    """One calibration text as the model meets such text in use: the question as the study's
+    CoT chat prompt (exactly what `l2smerge eval` sends: system prompt, user turn, assistant
+    header; the raw Qwen form without a chat template), then the chosen answers, joined by a
+    blank line, as the assistant's reply. Without "question", just the answers."""
+    from l2smerge.eval.prompts import cot_messages, render_chat
+
+    answers = "\n\n".join(value for field, value in sample.items() if field != "question")
+    if "question" not in sample:
+        return answers
+    return render_chat(cot_messages(sample["question"]), tokenizer) + answers
 
 
 # -- fingerprints and cache ------------------------------------------------------------------
@@ -195,7 +211,7 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         yield lambda: bar.advance(task)
 
 
-def _tokenize(model_path: Path, texts: Sequence[str], max_tokens: int) -> list[torch.Tensor]:
+def _tokenize(model_path: Path, samples: Sequence[Sample], max_tokens: int) -> list[torch.Tensor]:
     from transformers import AutoTokenizer
 
     try:
@@ -203,7 +219,8 @@ def _tokenize(model_path: Path, texts: Sequence[str], max_tokens: int) -> list[t
     except Exception as exc:
         raise L2SError(f"{model_path}: cannot load its tokenizer ({exc})") from exc
     ids = []
-    for text in texts:
+    for sample in samples:
+        text = render_sample(sample, tokenizer)
         encoded = tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]
         if encoded:
             ids.append(torch.tensor(encoded, dtype=torch.long))
@@ -284,7 +301,7 @@ def _causal_mask(length: int, device: str) -> torch.Tensor:
 
 def activation_importance(
     model_path: str | Path,
-    texts: Sequence[str],
+    texts: Sequence[Sample],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -404,7 +421,7 @@ def layer_group(tensor_name: str) -> str:
 def task_sensitivity(
     model_path: str | Path,
     base_path: str | Path,
-    texts: Sequence[str],
+    texts: Sequence[Sample],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -456,7 +473,7 @@ def _log_probs(model: torch.nn.Module, sample: torch.Tensor, device: str) -> tor
 
 def cross_task_alignment(
     model_paths: Sequence[str | Path],
-    texts: Sequence[Sequence[str]],
+    texts: Sequence[Sequence[Sample]],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
