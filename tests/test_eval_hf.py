@@ -147,3 +147,13 @@ def test_killed_run_resumes_each_item_once(tiny, tmp_path, data_dir):
     assert all(json.loads(x) for x in results.read_text().splitlines())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmarks"]["gsm8k"]["n"] == 10
+
+
+def test_stop_string_ends_a_response_without_truncation(tiny):
+    backend = HFBackend(str(tiny), device="cpu")
+    ids = backend.tokenizer.encode("x = 2.\nQuestion: next", add_special_tokens=False)
+    stop = ("\nQuestion:",)
+    stopped = backend._finish(ids + [backend.pad_id] * 3, stop, max_tokens=len(ids) + 3)
+    assert stopped == type(stopped)("x = 2.", len(ids), False)
+    cut = backend._finish(ids, (), max_tokens=len(ids))
+    assert cut.truncated and cut.response == "x = 2.\nQuestion: next"
