@@ -277,3 +277,12 @@ def test_calibration_file_fingerprint_is_a_plain_sha256(tmp_path):
     import hashlib
 
     assert cal.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unwritable_cache_warns_and_still_returns(family, monkeypatch, tmp_path, capsys):
+    base, _, calib = family
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("L2SMERGE_CACHE_DIR", str(blocker / "cache"))
+    importance = cal.aim_importance(base, calib, progress=False)
+    assert importance and "cannot write the calibration cache" in capsys.readouterr().err

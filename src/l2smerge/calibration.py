@@ -155,9 +155,19 @@ def cache_key(kind: str, **parts: Any) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a cache entry; a cache that cannot be written costs time later, not this merge."""
+    from rich.console import Console
+
     from l2smerge.atomic import write_bytes_atomic
 
-    write_bytes_atomic(path, data)
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] cannot write the calibration cache {path} ({exc.strerror}); "
+            "set L2SMERGE_CACHE_DIR to a writable folder to reuse statistics",
+            highlight=False,
+        )
 
 
 def load_cached_tensors(key: str) -> dict[str, torch.Tensor] | None:
