@@ -363,3 +363,20 @@ def test_existing_output_needs_force(trio, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+@pytest.mark.parametrize("method", ["average", "task_arithmetic"])
+def test_elementwise_methods_in_row_blocks_give_the_same_bytes(trio, tmp_path, monkeypatch, method):
+    import l2smerge.merge as merge_module
+
+    base, m1, _ = trio
+    big = _grow_vocab(m1, tmp_path / "big", rows=8, seed=3)  # vocabulary rule in blocks too
+    config = MergeConfig.build(
+        method=method, models=[big, m1], base=base, tokenizer_from=big, dtype="bfloat16"
+    )
+    whole = run_merge(config, tmp_path / "whole", progress=False)
+    monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)  # every matrix in blocks of rows
+    plan = merge_module.plan_merge(config.relative_to(tmp_path))
+    assert all(j.block_rows for j in plan.jobs if len(j.shape) == 2)
+    blocks = run_merge(config, tmp_path / "blocks", progress=False)
+    assert (blocks / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()

@@ -238,26 +238,38 @@ class Checkpoint:
         info = self.info(name)
         if self._pickle_state is not None:
             return self._pickle_state[name].clone()
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
+        return self._read_bytes(info, info.start, info.nbytes).view(info.dtype).reshape(info.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1 of a tensor (along its first dimension): one positioned read."""
+        info = self.info(name)
+        if self._pickle_state is not None:
+            return self._pickle_state[name][start:stop].clone()
+        row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
+        data = self._read_bytes(info, info.start + start * row_bytes, (stop - start) * row_bytes)
+        return data.view(info.dtype).reshape((stop - start, *info.shape[1:]))
+
+    def _read_bytes(self, info: TensorInfo, offset: int, nbytes: int) -> torch.Tensor:
+        buf = torch.empty(nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
         view = memoryview(buf.numpy())
         got = 0
         try:
             fd = os.open(info.file, os.O_RDONLY)
             try:
-                while got < info.nbytes:
-                    n = os.preadv(fd, [view[got:]], info.start + got)
+                while got < nbytes:
+                    n = os.preadv(fd, [view[got:]], offset + got)
                     if n == 0:
                         break
                     got += n
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise L2SError(f"{info.file}: cannot read tensor {name!r} ({exc.strerror})") from exc
-        if got < info.nbytes:
-            raise L2SError(f"{info.file}: truncated while reading tensor {name!r}")
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return buf.view(info.dtype).reshape(info.shape)
+            raise L2SError(
+                f"{info.file}: cannot read tensor {info.name!r} ({exc.strerror})"
+            ) from exc
+        if got < nbytes:
+            raise L2SError(f"{info.file}: truncated while reading tensor {info.name!r}")
+        return buf
 
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
@@ -315,6 +327,7 @@ class ShardedWriter:
         )
         self._queue = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._pos = 0
+        self._written = 0  # bytes of the current tensor written so far
         self._file = None
         self._shard = -1
         self.total_size = sum(t.nbytes for t in plan)
@@ -339,18 +352,26 @@ class ShardedWriter:
         self._shard = i
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the planned tensor `name`, whole or as consecutive blocks of rows."""
         shard, planned = self._queue[self._pos]
-        if name != planned.name or tuple(tensor.shape) != planned.shape:
+        whole = tuple(tensor.shape) == planned.shape
+        rows_block = bool(planned.shape) and tuple(tensor.shape[1:]) == planned.shape[1:]
+        if name != planned.name or not (whole or rows_block):
             raise RuntimeError(f"writer expected {planned.name} {planned.shape}, got {name}")
         if tensor.dtype != planned.dtype:
             raise RuntimeError(f"writer expected {planned.dtype} for {name}, got {tensor.dtype}")
         if shard != self._shard:
             self._open_shard(shard)
         assert self._file is not None
-        data = tensor.detach().to("cpu").contiguous()
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        self._written += data.numel() * data.element_size()
+        if self._written > planned.nbytes:
+            raise RuntimeError(f"writer got more bytes than planned for {name}")
         if data.numel():
             self._file.write(memoryview(data.view(torch.uint8).numpy()))
-        self._pos += 1
+        if self._written == planned.nbytes:
+            self._pos += 1
+            self._written = 0
 
     def finish(self) -> list[Path]:
         if self._pos != len(self._queue):

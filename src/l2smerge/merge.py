@@ -11,6 +11,7 @@ temporary folder beside OUT and renamed at the end, so a failed merge never leav
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -61,6 +62,7 @@ class TensorJob:
     shared_rows: int | None = None  # vocab rule: rows merged; the rest come from `reference`
     reference: tuple[Checkpoint, str] | None = None
     copy_only: bool = False  # non-float tensors: copied from the reference
+    block_rows: int | None = None  # elementwise method on a large tensor: rows per block
 
 
 @dataclass
@@ -220,6 +222,12 @@ def plan_merge(config: MergeConfig) -> MergePlan:
                 )
         jobs.append(job)
 
+    if method.extra.get("elementwise") and config.on is None:
+        for job in jobs:
+            block_rows = _block_rows(job.shape)
+            if not job.copy_only and block_rows is not None:
+                job.block_rows = block_rows
+
     device = torch.device(config.device)
     return MergePlan(
         config,
@@ -235,6 +243,16 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         _num_layers(reference),
         device,
     )
+
+
+# float32 bytes per input above which an elementwise method runs on blocks of rows.
+BLOCK_BYTES = 64 << 20
+
+
+def _block_rows(shape: tuple[int, ...]) -> int | None:
+    if len(shape) < 2 or math.prod(shape) * 4 <= BLOCK_BYTES:
+        return None
+    return max(1, BLOCK_BYTES // (math.prod(shape[1:]) * 4))
 
 
 # -- output folder ---------------------------------------------------------------------------
@@ -303,6 +321,8 @@ def tensor_generator(seed: int, tensor_name: str) -> torch.Generator:
 
 
 def _read_job(job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    if job.block_rows is not None:
+        return [], None  # read block by block in _merge_blocks
     tensors = [ckpt.read(stored) for ckpt, stored in job.sources]
     ref = job.reference[0].read(job.reference[1]) if job.reference is not None else None
     return tensors, ref
@@ -375,6 +395,34 @@ def _merge_one(
     return result
 
 
+def _merge_blocks(
+    plan: MergePlan,
+    job: TensorJob,
+    writer: ShardedWriter,
+    resolver: ParameterResolver,
+    per_tensor: list[Callable[[str], dict[str, Any]]],
+) -> int:
+    """An elementwise merge of a large tensor, one block of rows at a time: memory is a few
+    blocks, not a few copies of the tensor. Returns the bytes read."""
+    assert job.block_rows is not None
+    out_rows = job.shape[0]
+    shared = job.shared_rows if job.shared_rows is not None else out_rows
+    block_job = dataclasses.replace(job, shared_rows=None, reference=None)
+    read = 0
+    for start in range(0, shared, job.block_rows):
+        stop = min(start + job.block_rows, shared)
+        raw = [ckpt.read_rows(stored, start, stop) for ckpt, stored in job.sources]
+        read += sum(t.numel() * t.element_size() for t in raw)
+        writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, per_tensor))
+    for start in range(shared, out_rows, job.block_rows):  # vocabulary rule: the rest
+        assert job.reference is not None
+        ckpt, stored = job.reference
+        rows = ckpt.read_rows(stored, start, min(start + job.block_rows, out_rows))
+        read += rows.numel() * rows.element_size()
+        writer.write(job.name, rows.to(job.dtype))
+    return read
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -421,11 +469,14 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
                 pending = (
                     pool.submit(_read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
                 )
-                read_bytes += sum(t.numel() * t.element_size() for t in raw)
-                merged = _merge_one(plan, job, raw, ref, resolver, per_tensor)
-                del raw, ref
-                writer.write(job.name, merged)
-                del merged
+                if job.block_rows is not None:
+                    read_bytes += _merge_blocks(plan, job, writer, resolver, per_tensor)
+                else:
+                    read_bytes += sum(t.numel() * t.element_size() for t in raw)
+                    merged = _merge_one(plan, job, raw, ref, resolver, per_tensor)
+                    del raw, ref
+                    writer.write(job.name, merged)
+                    del merged
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.update(task, advance=1, gb=read_bytes / 1e9, rate=read_bytes / 1e9 / elapsed)
         files = writer.finish()

@@ -50,9 +50,18 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(
-    name: str, *, needs_base: bool = True, prepare: PrepareFn | None = None
+    name: str,
+    *,
+    needs_base: bool = True,
+    prepare: PrepareFn | None = None,
+    elementwise: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature."""
+    """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature.
+
+    `elementwise=True` declares that each output entry depends only on the same entry of the
+    inputs (and no random generator): the executor may then call `fn` on blocks of rows of a
+    large tensor instead of the whole tensor, bounding memory independently of its size.
+    """
 
     def decorate(fn: MethodFn) -> MethodFn:
         if name in METHODS:
@@ -70,7 +79,14 @@ def register(
                 params[p.name] = p.default
         summary = (inspect.getdoc(fn) or "").split("\n")[0]
         METHODS[name] = MergeMethod(
-            name, fn, params, frozenset(context), needs_base, summary, prepare
+            name,
+            fn,
+            params,
+            frozenset(context),
+            needs_base,
+            summary,
+            prepare,
+            extra={"elementwise": elementwise},
         )
         return fn
 
