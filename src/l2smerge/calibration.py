@@ -311,7 +311,7 @@ def _causal_mask(length: int, device: str) -> torch.Tensor:
 
 def activation_importance(
     model_path: str | Path,
-    texts: Sequence[Sample],
+    samples: Sequence[Sample],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -335,7 +335,7 @@ def activation_importance(
     from l2smerge.checkpoint import Checkpoint
 
     model_path = Path(model_path)
-    ids = _tokenize(model_path, texts, max_tokens)
+    ids = _tokenize(model_path, samples, max_tokens)
     stats = _ChannelMeans()
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
@@ -396,7 +396,7 @@ def aim_importance(
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """`activation_importance` of the base on the calibration file, through the disk cache."""
-    texts = read_calibration(calibration, fields)
+    samples = read_calibration(calibration, fields)
     meta = {
         "model": model_fingerprint(base),
         "data": file_sha256(calibration),
@@ -408,7 +408,7 @@ def aim_importance(
     if cached is not None:
         return cached
     importance = activation_importance(
-        base, texts, device=device, max_tokens=max_tokens, progress=progress
+        base, samples, device=device, max_tokens=max_tokens, progress=progress
     )
     save_cached_tensors(key, importance, meta)
     return importance
@@ -431,7 +431,7 @@ def layer_group(tensor_name: str) -> str:
 def task_sensitivity(
     model_path: str | Path,
     base_path: str | Path,
-    texts: Sequence[Sample],
+    samples: Sequence[Sample],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -444,7 +444,7 @@ def task_sensitivity(
     from l2smerge.checkpoint import Checkpoint
 
     model_path = Path(model_path)
-    ids = _tokenize(model_path, texts, max_tokens)
+    ids = _tokenize(model_path, samples, max_tokens)
     model = _load_full_model(model_path, device, torch.float32)
     base = Checkpoint(base_path)
     deltas: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
@@ -483,7 +483,7 @@ def _log_probs(model: torch.nn.Module, sample: torch.Tensor, device: str) -> tor
 
 def cross_task_alignment(
     model_paths: Sequence[str | Path],
-    texts: Sequence[Sequence[Sample]],
+    samples: Sequence[Sequence[Sample]],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -497,7 +497,7 @@ def cross_task_alignment(
     g = [[1.0] * k_models for _ in range(k_models)]
     with torch.no_grad(), _progress(k_models, "cross-task alignment", progress) as step:
         for j in range(k_models):
-            ids = _tokenize(Path(model_paths[j]), texts[j], max_tokens)
+            ids = _tokenize(Path(model_paths[j]), samples[j], max_tokens)
             kl_sums = [0.0] * k_models
             tokens = 0
             for sample in ids:
@@ -538,7 +538,7 @@ def sens_statistics(
     )
     if len(files) != len(models):
         raise L2SError(f"sens: {len(files)} calibration files for {len(models)} models")
-    texts = [read_calibration(f, fields) for f in files]
+    samples = [read_calibration(f, fields) for f in files]
     data = [file_sha256(f) for f in files]
     model_fps = [model_fingerprint(m) for m in models]
     base_fp = model_fingerprint(base)
@@ -550,7 +550,7 @@ def sens_statistics(
         value = load_cached_json(key)
         if value is None:
             value = task_sensitivity(
-                model, base, texts[k], device=device, max_tokens=max_tokens, progress=progress
+                model, base, samples[k], device=device, max_tokens=max_tokens, progress=progress
             )
             save_cached_json(key, value, meta)
         sensitivities.append(value)
@@ -561,7 +561,7 @@ def sens_statistics(
     alignment = load_cached_json(key)
     if alignment is None:
         alignment = cross_task_alignment(
-            models, texts, device=device, max_tokens=max_tokens, progress=progress
+            models, samples, device=device, max_tokens=max_tokens, progress=progress
         )
         save_cached_json(key, alignment, meta)
     return sensitivities, alignment
