@@ -135,7 +135,7 @@ def test_killed_run_resumes_each_item_once(tiny, tmp_path, data_dir):
     while len(_result_keys(results)) < 3 and time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"eval exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = _result_keys(results)
