@@ -118,7 +118,7 @@ def test_killed_run_resumes_each_item_once(tiny, tmp_path, data_dir):
         "--limit",
         "10",
         "--max-tokens",
-        "16",
+        "32",
         "--batch-size",
         "1",
         "--device",
