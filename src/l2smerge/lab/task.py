@@ -66,6 +66,19 @@ def steps(item: Item) -> str:
     return ", ".join(f"{ch[i]}={ch[i + 1]}" for i in range(len(ch) - 1))
 
 
+def assignments(item: Item) -> list[str]:
+    """The question's assignments, in question order."""
+    return item.question.split(". What is ")[0].split(",")
+
+
+def lookup_drill(item: Item, rng: random.Random) -> str:
+    """Pretraining text for System 1: the question's assignments, then each of them again in
+    a fresh order, `a=b, k=3, ...`. Predicting each right-hand side is one lookup."""
+    again = assignments(item)
+    rng.shuffle(again)
+    return ",".join(assignments(item)) + "\n" + ", ".join(again)
+
+
 def short_answer(item: Item) -> str:
     """System 1's response: the value at once, no working."""
     return f"{item.chain[0]}={item.answer}.\n\\boxed{{{item.answer}}}"

@@ -1,6 +1,7 @@
 """Train the lab pair, nanoGPT style: settings at the top, then the script, top to bottom.
 
-    System 1: a tiny Qwen2 trained from scratch to answer lab questions at once ("q=7.").
+    System 1: a tiny Qwen2 trained from scratch to answer lab questions at once ("q=7."),
+              half of its batches being lookup drills that stand in for pretraining.
     System 2: System 1 fine-tuned, gently, to write the chain out step by step, reflect on it
               ("Wait, let me double check: ...", the same steps again), then answer.
 
@@ -13,7 +14,7 @@ template with add_generation_prompt=True (the template drops the system prompt),
 response and <|im_end|>. Loss is on the response and <|im_end|> only. Every batch is freshly
 generated, so there is no training set to overfit; the test set uses a seed no batch uses.
 
-    l2smerge lab train -o DIR --seed 0     (or: python -m l2smerge.lab.train DIR)
+    l2smerge lab train -o DIR --seed 0 [--threads 1]    (or: python -m l2smerge.lab.train DIR)
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from l2smerge.lab.task import LEVELS, Item, long_answer, make_item, make_items, short_answer
+from l2smerge.lab.task import (
+    LEVELS,
+    Item,
+    long_answer,
+    lookup_drill,
+    make_item,
+    make_items,
+    short_answer,
+)
 from l2smerge.lab.tokenizer import build_tokenizer
 
 # --- settings -------------------------------------------------------------------------------
@@ -36,7 +45,8 @@ THREADS = 2  # 1 is faster when other jobs share the cores (OpenMP waits on them
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 128, 256, 4, 4, 4
 MAX_POSITIONS = 512
 # System 1: from scratch on short answers
-S1_STEPS, S1_LR, S1_WARMUP = 400, 1e-3, 40
+S1_STEPS, S1_LR, S1_WARMUP = 800, 1e-3, 40
+S1_DRILL_FRACTION = 0.5  # share of System 1's batches that are lookup drills (see train())
 # System 2: fine-tuned from System 1 on long, reflective answers
 S2_STEPS, S2_LR, S2_WARMUP = 500, 3e-4, 50
 BATCH = 32
@@ -70,12 +80,27 @@ def encode_example(item: Item, response: str) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def get_batch(rng: random.Random, respond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BATCH fresh items at uniformly drawn levels, right-padded; labels mask the prompt."""
-    examples = [
-        encode_example(it, respond(it))
-        for it in (make_item(rng, rng.choice(LEVELS)) for _ in range(BATCH))
-    ]
+def encode_drill(text: str) -> tuple[list[int], list[int]]:
+    """Raw text (no chat template); loss only on each right-hand side after the newline,
+    the one predictable token of each drilled assignment."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [PAD_ID]
+    start = text.index("\n")
+    labels = [ids[i] if i > start + 1 and text[i - 1] == "=" else -100 for i in range(len(text))]
+    return ids, labels + [-100]
+
+
+def get_batch(
+    rng: random.Random, respond, drill_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BATCH fresh items at uniformly drawn levels, right-padded; labels mask the prompt.
+    A `drill_fraction` of the rows are lookup drills instead of chat examples."""
+    examples = []
+    for _ in range(BATCH):
+        item = make_item(rng, rng.choice(LEVELS))
+        if rng.random() < drill_fraction:
+            examples.append(encode_drill(lookup_drill(item, rng)))
+        else:
+            examples.append(encode_example(item, respond(item)))
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((BATCH, width), PAD_ID)
     labels = torch.full((BATCH, width), -100)
@@ -137,7 +162,9 @@ def quick_check(model: Qwen2ForCausalLM, n: int = CHECK_ITEMS) -> str:
     return f"acc {100 * total:.0f}% ({acc}) len {length:.0f} reflective {100 * reflective:.0f}%"
 
 
-def train(model, steps: int, lr: float, warmup: int, respond, seed: int, name: str) -> None:
+def train(
+    model, steps: int, lr: float, warmup: int, respond, seed: int, name: str, drill: float = 0.0
+) -> None:
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95)
@@ -155,7 +182,7 @@ def train(model, steps: int, lr: float, warmup: int, respond, seed: int, name: s
             )
         for group in optimizer.param_groups:
             group["lr"] = step_lr
-        ids, labels, mask = get_batch(rng, respond)
+        ids, labels, mask = get_batch(rng, respond, drill)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,7 +210,16 @@ def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:
 
     system1 = new_model(seed)
     print(f"System 1: {sum(p.numel() for p in system1.parameters()):,} parameters", flush=True)
-    train(system1, S1_STEPS, S1_LR, S1_WARMUP, short_answer, seed * 2 + 1, "system1")
+    train(
+        system1,
+        S1_STEPS,
+        S1_LR,
+        S1_WARMUP,
+        short_answer,
+        seed * 2 + 1,
+        "system1",
+        S1_DRILL_FRACTION,
+    )
     save(system1, out_dir / "system1")
 
     system2 = system1  # fine-tuned in place from System 1's weights (already saved)
