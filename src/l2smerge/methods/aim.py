@@ -42,10 +42,17 @@ def _calibration_fields(config: Any, default: str) -> str:
     return value
 
 
+def _check_inner(on: str) -> None:
+    if on == "aim" or on.startswith("aim_"):
+        raise L2SError(f"aim --on {on}: AIM cannot wrap itself; choose a plain method")
+    get_method(on)  # an unknown name is a clear error here, before any statistics
+
+
 def prepare_aim(config: Any) -> Callable[[str], dict[str, Any]]:
     """Compute (or load from the cache) the base's activation importances once per merge."""
     from l2smerge import calibration
 
+    _check_inner(getattr(config, "on", None) or "ties")
     if config.base is None:
         raise L2SError("aim needs --base: its activations are measured on the base model")
     if config.calibration is None:
@@ -84,8 +91,7 @@ def aim(
     **inner_params: Any,
 ) -> torch.Tensor:
     """AIM on top of the method `on`: shrink its change on the base's important input channels."""
-    if on in ("aim", *(n for n in METHODS if n.startswith("aim_"))):
-        raise L2SError(f"aim --on {on}: AIM cannot wrap itself; choose a plain method")
+    _check_inner(on)
     if not 0.0 <= omega <= 1.0:
         raise L2SError(f"aim: omega = {omega} is outside [0, 1]")
     inner = get_method(on)
