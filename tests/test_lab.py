@@ -114,3 +114,21 @@ def test_export_writes_benchmark_layout(tmp_path) -> None:
     with pytest.raises(L2SError, match="already exists"):
         export(out, pair=pair)
     export(out, pair=pair, force=True)
+
+
+def test_saved_tokenizer_encodes_the_same_when_loaded_for_a_qwen2_model(tmp_path) -> None:
+    # transformers loads a qwen2 model folder's tokenizer as Qwen2Tokenizer (byte-level);
+    # the lab tokenizer must give the very ids it was trained with under that class too.
+    from transformers import AutoTokenizer, Qwen2Config
+
+    built = build_tokenizer()
+    built.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(built)).save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    item = make_items(5, 2)[4]
+    messages = [{"role": "user", "content": item.question}]
+    prompt = loaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = prompt + long_answer(item) + "<|im_end|>"
+    ids = built(text, add_special_tokens=False)["input_ids"]
+    assert loaded(text, add_special_tokens=False)["input_ids"] == ids
+    assert loaded.decode(ids) == text

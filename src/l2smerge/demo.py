@@ -33,7 +33,8 @@ def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, A
     from l2smerge.methods import METHODS
     from l2smerge.presets import PRESETS
 
-    available = [("aim_ties" if name == "aim" else name) for name in METHODS]
+    # `aim` wraps another method; the demo runs it as the study did, on TIES (`aim_ties`).
+    available = list(dict.fromkeys("aim_ties" if name == "aim" else name for name in METHODS))
     chosen = available if methods is None else methods
     unknown = [m for m in chosen if m not in available]
     if unknown:
