@@ -417,26 +417,38 @@ def _merge_blocks(
     writer: ShardedWriter,
     resolver: ParameterResolver,
     per_tensor: list[Callable[[str], dict[str, Any]]],
+    pool: ThreadPoolExecutor,
 ) -> int:
-    """An elementwise merge of a large tensor, one block of rows at a time: memory is a few
-    blocks, not a few copies of the tensor. Returns the bytes read."""
+    """An elementwise merge of a large tensor, one block of rows at a time (the next block is
+    read while this one is computed): memory is a few blocks, not a few copies of the tensor.
+    Returns the bytes read."""
     assert job.block_rows is not None
     out_rows = job.shape[0]
     shared = job.shared_rows if job.shared_rows is not None else out_rows
     block_job = dataclasses.replace(job, shared_rows=None, reference=None)
-    read = 0
-    for start in range(0, shared, job.block_rows):
-        stop = min(start + job.block_rows, shared)
-        raw = [ckpt.read_rows(stored, start, stop) for ckpt, stored in job.sources]
-        read += sum(t.numel() * t.element_size() for t in raw)
-        writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, per_tensor))
-    for start in range(shared, out_rows, job.block_rows):  # vocabulary rule: the rest
-        assert job.reference is not None
-        ckpt, stored = job.reference
-        rows = ckpt.read_rows(stored, start, min(start + job.block_rows, out_rows))
-        read += rows.numel() * rows.element_size()
-        writer.write(job.name, rows.to(job.dtype))
-    return read
+    blocks = [(a, min(a + job.block_rows, shared)) for a in range(0, shared, job.block_rows)]
+    if job.reference is not None:  # vocabulary rule: the rows only the reference has
+        blocks += [
+            (a, min(a + job.block_rows, out_rows)) for a in range(shared, out_rows, job.block_rows)
+        ]
+
+    def read(block: tuple[int, int]) -> list[torch.Tensor]:
+        start, stop = block
+        sources = job.sources if start < shared else [job.reference]
+        return [ckpt.read_rows(stored, start, stop) for ckpt, stored in sources]  # type: ignore[misc]
+
+    read_bytes = 0
+    pending = pool.submit(read, blocks[0])
+    for i, (start, _) in enumerate(blocks):
+        raw = pending.result()
+        if i + 1 < len(blocks):
+            pending = pool.submit(read, blocks[i + 1])
+        read_bytes += sum(t.numel() * t.element_size() for t in raw)
+        if start < shared:
+            writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, per_tensor))
+        else:
+            writer.write(job.name, raw[0].to(job.dtype))
+    return read_bytes
 
 
 def _progress(enabled: bool):
@@ -487,7 +499,7 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
                     pool.submit(_read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
                 )
                 if job.block_rows is not None:
-                    read_bytes += _merge_blocks(plan, job, writer, resolver, per_tensor)
+                    read_bytes += _merge_blocks(plan, job, writer, resolver, per_tensor, pool)
                 else:
                     read_bytes += sum(t.numel() * t.element_size() for t in raw)
                     merged = _merge_one(plan, job, raw, ref, resolver, per_tensor)
