@@ -380,3 +380,20 @@ def test_elementwise_methods_in_row_blocks_give_the_same_bytes(trio, tmp_path, m
     assert all(j.block_rows for j in plan.jobs if len(j.shape) == 2)
     blocks = run_merge(config, tmp_path / "blocks", progress=False)
     assert (blocks / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_input_hashes_are_file_sha256s_and_cached(trio, tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv("L2SMERGE_CACHE_DIR", str(tmp_path / "cache"))
+    base, m1, _ = trio
+    config = MergeConfig.build(method="task_arithmetic", models=[m1], base=base)
+    out = run_merge(config, tmp_path / "o", progress=False)
+    record = json.loads((out / "l2smerge.json").read_text())
+    files = next(i for i in record["inputs"] if i["role"] == "model 1")["files"]
+    for name, digest in files.items():
+        assert digest == hashlib.sha256((m1 / name).read_bytes()).hexdigest()
+    cache = json.loads((tmp_path / "cache" / "sha256.json").read_text())
+    assert sorted(cache.values()) == sorted(
+        [*files.values(), hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()]
+    )
