@@ -25,6 +25,7 @@ TA_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 PRESET_SCALE = "7b"  # the study's main pair; its settings are the presets "<method>@7b"
 MAX_TOKENS = 256  # the longest System 2 answer is about 110 characters (= tokens)
 BENCH = "lab"
+DEFAULT_LIMIT = 100  # 20 items per level keeps the demo within 5 minutes on 2 CPU cores
 
 
 def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -65,7 +66,7 @@ def run_demo(
     out: Path,
     *,
     methods: list[str] | None = None,
-    limit: int | None = None,
+    limit: int | None = DEFAULT_LIMIT,
     pair: dict[str, Path] | None = None,
     console: Console | None = None,
     progress: bool = True,
@@ -146,9 +147,12 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     front = ", ".join(report["pareto_front"])
     table = Table(title=f"lab benchmark (Pareto front: {front})")
     for col in ("model", "accuracy % (95% CI)", "tokens", "vs system2", "reflective"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+        if col == "model":
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, justify="right")
     by_level = Table(title="per level: accuracy % / mean tokens")
-    by_level.add_column("model")
+    by_level.add_column("model", no_wrap=True)
     for lv in levels:
         by_level.add_column(f"level {lv}", justify="right")
     for r in runs:

@@ -19,8 +19,8 @@ def demo_command(
         "--methods",
         help="Comma-separated subset of methods (e.g. ties,task_arithmetic); default: all.",
     ),
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Evaluate only the first N lab items (all levels)."
+    limit: int = typer.Option(
+        100, "--limit", min=1, help="Evaluate the first N lab items (every level); 250 = all."
     ),
     threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch."),
 ) -> None:
