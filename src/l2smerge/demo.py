@@ -127,8 +127,8 @@ def run_demo(
         notes=(
             "System 1 and System 2 are the bundled lab pair (docs/lab.md); merges use the "
             f"study's {PRESET_SCALE.upper()} settings, task arithmetic also at alpha "
-            f"{', '.join(f'{a:g}' for a in TA_ALPHAS)}. Sweep selection: "
-            + " ".join(sweep["selection"].get("lines", []))
+            f"{', '.join(f'{a:g}' for a in TA_ALPHAS)}.\n\nSweep selection (`{out}/sweep`):"
+            "\n\n```\n" + "\n".join(sweep["selection"].get("lines", [])) + "\n```"
         ),
     )
     print_table(report, console)
