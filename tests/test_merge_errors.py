@@ -141,7 +141,9 @@ def test_non_finite_input_found_midway_leaves_nothing(pair, tmp_path, monkeypatc
     last = "model.norm.weight"  # written late: earlier tensors are already in the shard
     broken = _copy_single(base, tmp_path / "broken", lambda st: st[last].fill_(float("nan")))
     args = ["--base", base, "--model", broken, "--method", "task_arithmetic"]
-    _fails(monkeypatch, capsys, tmp_path, args, last, "already non-finite", str(broken))
+    _fails(monkeypatch, capsys, tmp_path, args, last, "holds NaN or Inf", str(broken))
+    args = ["--base", base, "--model", broken, "--method", "ties"]  # trimming must not hide it
+    _fails(monkeypatch, capsys, tmp_path, args, last, "holds NaN or Inf", str(broken))
 
 
 def test_pickle_checkpoints_need_allow_pickle(pair, tmp_path, monkeypatch, capsys):

@@ -344,6 +344,14 @@ def _read_job(job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     return tensors, ref
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in t. aminmax propagates NaN and is ~20x faster than isfinite().all()."""
+    if not t.numel():
+        return True
+    low, high = torch.aminmax(t)
+    return math.isfinite(low) and math.isfinite(high)
+
+
 def _merge_one(
     plan: MergePlan,
     job: TensorJob,
@@ -362,6 +370,10 @@ def _merge_one(
         t = raw.pop(0)
         inputs.append((t[:rows] if rows is not None else t).to(plan.device, torch.float32))
         del t
+    for (ckpt, _), t in zip(job.sources, inputs, strict=True):
+        # Checked on the way in: TIES/DARE would silently drop a NaN task-vector entry.
+        if not _finite(t):
+            raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
     tensors, base = inputs[:n_models], (inputs[n_models] if method.needs_base else None)
     kwargs = resolver.resolve(job.name)
     if "on" in method.params:
@@ -386,20 +398,11 @@ def _merge_one(
             f"tensor {job.name!r}: {config.method} returned shape {tuple(result.shape)}, "
             f"expected {expected}"
         )
-    # aminmax propagates NaN and is ~20x faster than isfinite().all() on CPU
-    low, high = torch.aminmax(result) if result.numel() else (0.0, 0.0)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        bad = [
-            str(c.path)
-            for (c, _), t in zip(job.sources, inputs, strict=True)
-            if not bool(torch.isfinite(t).all())
-        ]
-        cause = (
-            f"input already non-finite in {', '.join(bad)}"
-            if bad
-            else "inputs are finite: the method overflowed float32; check its parameters"
+    if not _finite(result):
+        raise L2SError(
+            f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the method "
+            "overflowed float32; check its parameters)"
         )
-        raise L2SError(f"tensor {job.name!r}: the merge produced NaN/Inf ({cause})")
     del inputs, tensors, base, kwargs  # free the float32 inputs before the output cast
     result = result.to(dtype=job.dtype, device="cpu")
     if rows is not None:
