@@ -20,8 +20,10 @@ generated, so there is no training set to overfit; the test set uses a seed no b
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -199,8 +201,12 @@ def train(
 
 
 def save(model: Qwen2ForCausalLM, path: Path) -> None:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    """Write the model and tokenizer to a temporary sibling folder, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, path)
 
 
 def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:
