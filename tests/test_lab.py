@@ -132,3 +132,29 @@ def test_saved_tokenizer_encodes_the_same_when_loaded_for_a_qwen2_model(tmp_path
     ids = built(text, add_special_tokens=False)["input_ids"]
     assert loaded(text, add_special_tokens=False)["input_ids"] == ids
     assert loaded.decode(ids) == text
+
+
+def test_train_script_runs_end_to_end_at_toy_scale(tmp_path, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from l2smerge.lab import train
+
+    for name, value in dict(
+        S1_STEPS=2,
+        S2_STEPS=2,
+        S1_WARMUP=1,
+        S2_WARMUP=1,
+        BATCH=4,
+        CHECK_ITEMS=5,
+        MAX_NEW_TOKENS=4,
+    ).items():
+        monkeypatch.setattr(train, name, value)
+    train.main(tmp_path, seed=3, threads=1)
+    one = AutoModelForCausalLM.from_pretrained(tmp_path / "system1")
+    two = AutoModelForCausalLM.from_pretrained(tmp_path / "system2")
+    assert one.config.model_type == "qwen2" and one.config.num_hidden_layers == train.LAYERS
+    # System 2 is System 1 fine-tuned: same shapes, different weights
+    w1, w2 = one.state_dict(), two.state_dict()
+    assert w1.keys() == w2.keys()
+    assert any(not (w1[k] == w2[k]).all() for k in w1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system1", "system2"]

@@ -139,8 +139,9 @@ def new_model(seed: int) -> Qwen2ForCausalLM:
 
 
 @torch.no_grad()
-def quick_check(model: Qwen2ForCausalLM, n: int = CHECK_ITEMS) -> str:
+def quick_check(model: Qwen2ForCausalLM, n: int | None = None) -> str:
     """Greedy answers on held-out items: accuracy per level, mean length, reflective share."""
+    n = n or CHECK_ITEMS
     model.eval()
     items = make_items(n, CHECK_SEED)
     tokenizer.padding_side = "left"
