@@ -1,3 +1,5 @@
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -176,3 +178,17 @@ def test_cli_aim_ties_end_to_end_reuses_the_cache(family, tmp_path, monkeypatch,
     assert _cli(args, monkeypatch) == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "bad-out").exists()
+
+
+def test_aim_without_on_takes_its_default_inner_methods_options(family, tmp_path, monkeypatch):
+    root, base, child, calib = family
+    out = tmp_path / "aim-default"
+    args = ["merge", "--base", str(base), "--model", str(child), "--method", "aim",
+            "--density", "0.3", "--calibration", str(calib), "--no-progress",
+            "-o", str(out)]  # fmt: skip
+    assert _cli(args, monkeypatch) == 0
+    record = json.loads((out / "l2smerge.json").read_text())
+    assert record["parameters"]["density"] == 0.3
+    # provenance fingerprints the calibration data, not only its path
+    digest = hashlib.sha256(calib.read_bytes()).hexdigest()
+    assert record["calibration"] == {"path": str(calib), "sha256": digest}

@@ -93,10 +93,11 @@ def method_parameters(config: MergeConfig) -> tuple[MergeMethod, dict[str, Any]]
     """The method and every parameter name it accepts -> default (inner method's too)."""
     method = get_method(config.method)
     allowed = {k: v for k, v in method.params.items() if k != "on"}
-    if config.on is not None:
-        if "on" not in method.params:
-            raise L2SError(f"method {config.method!r} does not wrap another method; drop --on")
-        inner = get_method(config.on)
+    if config.on is not None and "on" not in method.params:
+        raise L2SError(f"method {config.method!r} does not wrap another method; drop --on")
+    inner_name = config.on if config.on is not None else method.params.get("on")
+    if inner_name is not None:  # `aim` without --on wraps its default inner method
+        inner = get_method(inner_name)
         allowed = {**inner.params, **allowed}
     for where, params in [("parameters", config.parameters)] + [
         (f"models[{i}] ({m.path})", m.parameters) for i, m in enumerate(config.models)

@@ -130,7 +130,11 @@ def write_provenance(
         "per_model_parameters": [m.parameters for m in config.models],
         "seed": config.seed,
         "preset": config.preset,
-        "calibration": str(config.calibration) if config.calibration else None,
+        "calibration": (
+            {"path": str(config.calibration), "sha256": file_sha256(Path(config.calibration))}
+            if config.calibration
+            else None
+        ),
         "inputs": inputs,
         "config_from": str(config.config_source),
         "output": output,
