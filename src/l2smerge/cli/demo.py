@@ -27,7 +27,7 @@ def demo_command(
     """The study's experiment on the bundled System 1 / System 2 lab pair: merge with every
     method (study settings, plus a task-arithmetic alpha grid), evaluate System 1, System 2 and
     each merge on the lab benchmark, print the table and write DIR/report.md, plots and
-    DIR/runs/<label>/."""
+    DIR/runs/LABEL/."""
     import torch
 
     from l2smerge.demo import run_demo

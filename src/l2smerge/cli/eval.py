@@ -31,7 +31,7 @@ def eval_command(
         help="Run directory (results.jsonl, summary.json); rerunning into it resumes.",
     ),
     data_dir: Path = typer.Option(
-        None, "--data-dir", help="Folder with <bench>/test.jsonl [default: $L2SMERGE_DATA_DIR]"
+        None, "--data-dir", help="Folder with BENCH/test.jsonl [default: $L2SMERGE_DATA_DIR]"
     ),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai | replay"),
     responses: Path = typer.Option(
