@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from l2smerge.atomic import write_jsonl_atomic
 from l2smerge.errors import L2SError
 from l2smerge.lab import PAIR_DIR
 from l2smerge.lab.task import LEVELS, Item, long_answer, make_items, short_answer
@@ -42,24 +42,15 @@ def bundled_pair() -> dict[str, Path]:
     return paths
 
 
-def _write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
-
-
 def write_benchmark(data_dir: Path, per_level: int = TEST_PER_LEVEL) -> Path:
     """Write `<data_dir>/lab/test.jsonl` (fields question, answer, level)."""
     path = data_dir / "lab" / "test.jsonl"
-    _write_jsonl_atomic(path, [it.to_record() for it in benchmark_items(per_level)])
+    write_jsonl_atomic(path, [it.to_record() for it in benchmark_items(per_level)])
     return path
 
 
 def write_calibration(path: Path, n: int = CALIBRATION_ITEMS) -> Path:
-    _write_jsonl_atomic(path, calibration_records(n))
+    write_jsonl_atomic(path, calibration_records(n))
     return path
 
 
