@@ -48,6 +48,12 @@ def load_tokenizer(path: str, what: str = "tokenizer") -> Any:
         raise L2SError(f"cannot load the {what} from {path!r}: {exc}".splitlines()[0]) from None
 
 
+def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """A prompt's token ids. A chat template already writes any BOS token, so only raw
+    prompts get the tokenizer's special tokens (ids, not text, so no backend adds a second)."""
+    return tokenizer.encode(prompt.text, add_special_tokens=prompt.messages is None)
+
+
 def count_tokens(tokenizer: Any | None, text: str) -> int | None:
     if tokenizer is None:
         return None

@@ -8,7 +8,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from l2smerge.errors import L2SError
-from l2smerge.eval.backends.base import Generation, Request, cut_at_stop, load_tokenizer
+from l2smerge.eval.backends.base import (
+    Generation,
+    Request,
+    cut_at_stop,
+    encode_prompt,
+    load_tokenizer,
+)
 
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 32
@@ -64,18 +70,13 @@ class HFBackend:
             raise L2SError("the model and tokenizer define no end-of-sequence token")
         return ids
 
-    def _encode(self, request: Request) -> list[int]:
-        # A chat template already writes any BOS token; raw prompts get the tokenizer's.
-        raw = request.prompt.messages is None
-        return self.tokenizer.encode(request.prompt.text, add_special_tokens=raw)
-
     def generate(
         self, requests: Sequence[Request], max_tokens: int
     ) -> Iterator[tuple[int, Generation]]:
         import torch
         from transformers import GenerationConfig
 
-        encoded = [self._encode(r) for r in requests]
+        encoded = [encode_prompt(self.tokenizer, r.prompt) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
         stops = sorted({s for r in requests for s in r.prompt.stop})
         config = GenerationConfig(

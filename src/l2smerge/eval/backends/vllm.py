@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from l2smerge.errors import L2SError
-from l2smerge.eval.backends.base import Generation, Request, cut_at_stop
+from l2smerge.eval.backends.base import Generation, Request, cut_at_stop, encode_prompt
 
 # Prompts handed to vLLM at once: large enough for its continuous batching to stay busy,
 # small enough that an interrupted run loses little (results are written per chunk).
@@ -57,11 +57,6 @@ class VLLMBackend:
         except OSError:  # no generation_config.json: the tokenizer's eos is all there is
             pass
 
-    def _encode(self, request: Request) -> list[int]:
-        # Token ids, not text, so vLLM adds no second BOS to a chat-rendered prompt.
-        raw = request.prompt.messages is None
-        return self.tokenizer.encode(request.prompt.text, add_special_tokens=raw)
-
     def generate(
         self, requests: Sequence[Request], max_tokens: int
     ) -> Iterator[tuple[int, Generation]]:
@@ -78,7 +73,10 @@ class VLLMBackend:
                 )
                 for i in indices
             ]
-            prompts = [{"prompt_token_ids": self._encode(requests[i])} for i in indices]
+            prompts = [
+                {"prompt_token_ids": encode_prompt(self.tokenizer, requests[i].prompt)}
+                for i in indices
+            ]
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             for i, output in zip(indices, outputs, strict=True):
                 completion = output.outputs[0]
