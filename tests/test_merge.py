@@ -365,14 +365,31 @@ def test_existing_output_needs_force(trio, tmp_path, monkeypatch, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
 
 
-@pytest.mark.parametrize("method", ["average", "task_arithmetic"])
-def test_elementwise_methods_in_row_blocks_give_the_same_bytes(trio, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize(
+    "method, parameters",
+    [
+        ("average", {}),
+        ("task_arithmetic", {}),
+        # TIES in blocks: thresholds from a first pass over the blocks, then trimmed blockwise
+        ("ties", {}),
+        ("ties", {"density": [0.35, 0.6], "alpha": [0.9, 0.5]}),
+        ("ties", {"density": [0.0, 1.0]}),
+    ],
+)
+def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
+    trio, tmp_path, monkeypatch, method, parameters
+):
     import l2smerge.merge as merge_module
 
     base, m1, _ = trio
     big = _grow_vocab(m1, tmp_path / "big", rows=8, seed=3)  # vocabulary rule in blocks too
     config = MergeConfig.build(
-        method=method, models=[big, m1], base=base, tokenizer_from=big, dtype="bfloat16"
+        method=method,
+        models=[big, m1],
+        base=base,
+        tokenizer_from=big,
+        dtype="bfloat16",
+        parameters=parameters,
     )
     whole = run_merge(config, tmp_path / "whole", progress=False)
     monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)  # every matrix in blocks of rows

@@ -223,7 +223,8 @@ def plan_merge(config: MergeConfig) -> MergePlan:
                 )
         jobs.append(job)
 
-    if method.extra.get("elementwise") and config.on is None:
+    blockwise = method.extra.get("elementwise") or method.extra.get("block_stats")
+    if blockwise and config.on is None:
         for job in jobs:
             block_rows = _block_rows(job.shape)
             if not job.copy_only and block_rows is not None:
@@ -425,7 +426,8 @@ def _merge_blocks(
 ) -> int:
     """An elementwise merge of a large tensor, one block of rows at a time (the next block is
     read while this one is computed): memory is a few blocks, not a few copies of the tensor.
-    Returns the bytes read."""
+    A method with `block_stats` (TIES) first streams the blocks once to compute its
+    whole-tensor statistics (one float32 buffer of the tensor's size). Returns the bytes read."""
     assert job.block_rows is not None
     out_rows = job.shape[0]
     shared = job.shared_rows if job.shared_rows is not None else out_rows
@@ -442,6 +444,27 @@ def _merge_blocks(
         return [ckpt.read_rows(stored, start, stop) for ckpt, stored in sources]  # type: ignore[misc]
 
     read_bytes = 0
+    block_stats = plan.method.extra.get("block_stats")
+    if block_stats is not None:  # first pass: statistics over the whole tensor (TIES thresholds)
+        n_models = len(plan.models)
+        (base_ckpt, base_name) = job.sources[n_models]
+
+        def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
+            nonlocal read_bytes
+            ckpt, stored = job.sources[k]
+            for start in range(0, shared, job.block_rows):  # type: ignore[arg-type]
+                stop = min(start + job.block_rows, shared)  # type: ignore[operator]
+                model = ckpt.read_rows(stored, start, stop)
+                base = base_ckpt.read_rows(base_name, start, stop)
+                read_bytes += model.nbytes + base.nbytes
+                yield model.to(torch.float32).sub_(base.to(torch.float32))
+
+        numel = shared * math.prod(job.shape[1:])
+        try:
+            stats = block_stats(task_vector_blocks, n_models, numel, **resolver.resolve(job.name))
+        except ValueError as exc:
+            raise L2SError(f"tensor {job.name!r}: {plan.config.method}: {exc}") from exc
+        per_tensor = [*per_tensor, lambda _name: stats]
     pending = pool.submit(read, blocks[0])
     for i, (start, _) in enumerate(blocks):
         raw = pending.result()

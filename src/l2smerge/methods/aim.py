@@ -131,7 +131,8 @@ def register_aim_on(inner_name: str) -> None:
         *(inspect.Parameter(p, keyword, default=d) for p, d in inner.params.items()),
         *(
             inspect.Parameter(c, keyword, default=None)
-            for c in sorted(CONTEXT_ARGS & (inner.context | {"importance"}))
+            # not "thresholds": AIM runs on whole tensors, never in the executor's row blocks
+            for c in sorted(CONTEXT_ARGS & (inner.context | {"importance"}) - {"thresholds"})
         ),
     ]
     aim_on.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

@@ -24,9 +24,14 @@ import torch
 #   tensor_name: the tensor's name in the checkpoint (e.g. "model.layers.3.mlp.up_proj.weight")
 #   generator:   a torch.Generator seeded from (seed, tensor_name), for random methods (DARE)
 #   importance:  per-input-channel importance in [0, 1] for this tensor (AIM), or None
-CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance"})
+#   thresholds:  per-model magnitude thresholds from a first pass over row blocks (TIES on
+#                a large tensor, see `block_stats` below), or None to compute them in place
+CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance", "thresholds"})
 
 MethodFn = Callable[..., torch.Tensor]
+# block_stats(task_vector_blocks, n_models, numel, **params) -> extra kwargs for fn, where
+# task_vector_blocks(k) yields model k's task vector (float32) one block of rows at a time.
+BlockStatsFn = Callable[..., dict[str, Any]]
 # A method that needs statistics (AIM's activations, Sens's sensitivities) registers a
 # `prepare(config) -> per_tensor` hook. The executor calls it once before the tensor loop;
 # `per_tensor(tensor_name)` returns extra keyword arguments for that tensor: context values
@@ -55,12 +60,16 @@ def register(
     needs_base: bool = True,
     prepare: PrepareFn | None = None,
     elementwise: bool = False,
+    block_stats: BlockStatsFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature.
 
     `elementwise=True` declares that each output entry depends only on the same entry of the
     inputs (and no random generator): the executor may then call `fn` on blocks of rows of a
     large tensor instead of the whole tensor, bounding memory independently of its size.
+    `block_stats` declares that fn is elementwise once a few per-tensor statistics are known
+    (TIES: each model's magnitude threshold): the executor computes them in a first pass over
+    row blocks and passes them to every block's call.
     """
 
     def decorate(fn: MethodFn) -> MethodFn:
@@ -86,7 +95,7 @@ def register(
             needs_base,
             summary,
             prepare,
-            extra={"elementwise": elementwise},
+            extra={"elementwise": elementwise, "block_stats": block_stats},
         )
         return fn
 

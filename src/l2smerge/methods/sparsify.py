@@ -24,7 +24,11 @@ def magnitude_threshold(delta: torch.Tensor, keep: int) -> torch.Tensor:
     On CPU numpy's in-place introselect (np.partition) is used: it is O(n), needs no copy
     beyond |delta| itself, and is ~30x faster than torch.kthvalue/topk there.
     """
-    magnitude = delta.abs().reshape(-1)
+    return kth_largest_(delta.abs().reshape(-1), keep)
+
+
+def kth_largest_(magnitude: torch.Tensor, keep: int) -> torch.Tensor:
+    """The `keep`-th largest entry of the 1-D `magnitude`, reordering it in place."""
     position = magnitude.numel() - keep  # 0-based index of the keep-th largest after partition
     if magnitude.device.type == "cpu":
         array = magnitude.numpy()
@@ -52,6 +56,39 @@ def trim_by_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
     scratch = torch.abs(delta)
     delta.mul_(scratch.ge_(threshold))  # scratch now holds the 0/1 mask
     return delta
+
+
+def keep_at_least_(delta: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero the entries of `delta` whose magnitude is below `threshold`, in place."""
+    return delta.mul_(torch.abs(delta).ge_(threshold))
+
+
+def magnitude_thresholds(
+    task_vector_blocks, n_models: int, numel: int, densities: list[float]
+) -> list[float]:
+    """Each model's trim threshold (the keep-th largest |δk|, as trim_by_magnitude_ uses),
+    from its task vector streamed in blocks of rows: one float32 buffer of |δk|, reused for
+    every model, instead of the inputs, the task vector and |δk| all held at once."""
+    thresholds: list[float] = []
+    buffer: torch.Tensor | None = None
+    for k in range(n_models):
+        keep = round(densities[k] * numel)
+        if keep >= numel:
+            thresholds.append(0.0)  # keep everything
+            continue
+        if keep <= 0:
+            thresholds.append(float("inf"))  # keep nothing (inputs are finite)
+            continue
+        if buffer is None:
+            buffer = torch.empty(numel, dtype=torch.float32)
+        filled = 0
+        for block in task_vector_blocks(k):
+            n = block.numel()
+            torch.abs(block.reshape(-1), out=buffer[filled : filled + n])
+            filled += n
+        assert filled == numel, (filled, numel)
+        thresholds.append(float(kth_largest_(buffer, keep)))
+    return thresholds
 
 
 def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:

@@ -13,6 +13,8 @@ from l2smerge.methods.sparsify import (
     disjoint_mean_,
     drop_random_,
     elect_sign,
+    keep_at_least_,
+    magnitude_thresholds,
     per_model,
     trim_by_magnitude_,
 )
@@ -51,18 +53,34 @@ def task_arithmetic(
     return merged
 
 
-@register("ties")
+def _ties_thresholds(
+    task_vector_blocks, n_models: int, numel: int, *, density=0.2, **_: object
+) -> dict[str, list[float]]:
+    """First pass of a blockwise TIES: each model's magnitude threshold over the whole tensor."""
+    densities = per_model(density, n_models, "density")
+    return {"thresholds": magnitude_thresholds(task_vector_blocks, n_models, numel, densities)}
+
+
+@register("ties", block_stats=_ties_thresholds)
 def ties(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
     *,
     alpha: float | list[float] = 1.0,
     density: float | list[float] = 0.2,
+    thresholds: list[float] | None = None,
 ) -> torch.Tensor:
-    """TIES: trim each δk to its top-density magnitudes, elect signs, add α·disjoint mean."""
+    """TIES: trim each δk to its top-density magnitudes, elect signs, add α·disjoint mean.
+
+    With `thresholds` (the executor's first pass over a large tensor), `tensors` and `base`
+    are a block of rows and each δk is trimmed at its whole-tensor threshold: the same result
+    as trimming the whole tensor, in a few blocks' memory."""
     alphas = per_model(alpha, len(tensors), "alpha")
-    densities = per_model(density, len(tensors), "density")
-    deltas = [trim_by_magnitude_(t - base, d) for t, d in zip(tensors, densities, strict=True)]
+    if thresholds is not None:
+        deltas = [keep_at_least_(t - base, c) for t, c in zip(tensors, thresholds, strict=True)]
+    else:
+        densities = per_model(density, len(tensors), "density")
+        deltas = [trim_by_magnitude_(t - base, d) for t, d in zip(tensors, densities, strict=True)]
     return _consensus(base, deltas, alphas)
 
 
