@@ -162,7 +162,7 @@ def test_malformed_benchmark_jsonl_names_line(tmp_path):
     (tmp_path / "lab" / "test.jsonl").write_text(
         '{"question": "1+1?", "answer": "2", "level": 1}\n{"question": "2+2?", "answer": \n'
     )
-    with pytest.raises(L2SError, match=r"lab/test.jsonl:2: malformed JSON"):
+    with pytest.raises(L2SError, match=r"lab/test.jsonl:2: not valid JSON"):
         load_items("lab", tmp_path)
 
 
@@ -210,7 +210,7 @@ def test_replay_errors(tmp_path, data_dir):
         )
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"bench": "aime24", "id": 0, "response": "1"}\n{"bench": "aime24"\n')
-    with pytest.raises(L2SError, match=r"broken.jsonl:2: malformed JSON"):
+    with pytest.raises(L2SError, match=r"broken.jsonl:2: not valid JSON"):
         evaluate(
             "m",
             None,

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from l2smerge.errors import L2SError
+from l2smerge.jsonl import iter_jsonl
 
 CALIBRATION_FIELDS = ("question", "short_answer", "long_answer")
 # The study's best calibration text per method (AIM: question + short answer; Sens: all).
@@ -66,31 +67,22 @@ def read_calibration(path: str | Path, fields: Sequence[str]) -> list[Sample]:
     """The chosen fields of every line of a JSONL calibration file. Every line must be a JSON
     object whose chosen fields are non-empty strings; other fields are ignored."""
     path = Path(path)
+    if not path.is_file():
+        raise L2SError(f"{path}: calibration file not found")
+    samples = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise L2SError(f"{path}: calibration file not found") from None
+        for number, record in iter_jsonl(path):
+            sample = {}
+            for field in fields:
+                value = record.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    raise L2SError(
+                        f"{path}:{number}: field {field!r} missing or not a non-empty string"
+                    )
+                sample[field] = value.strip()
+            samples.append(sample)
     except (OSError, UnicodeDecodeError) as exc:
         raise L2SError(f"{path}: cannot read calibration file ({exc})") from exc
-    samples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise L2SError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise L2SError(f"{path}:{number}: expected a JSON object with {', '.join(fields)}")
-        sample = {}
-        for field in fields:
-            value = record.get(field)
-            if not isinstance(value, str) or not value.strip():
-                raise L2SError(
-                    f"{path}:{number}: field {field!r} missing or not a non-empty string"
-                )
-            sample[field] = value.strip()
-        samples.append(sample)
     if not samples:
         raise L2SError(f"{path}: calibration file has no samples")
     return samples

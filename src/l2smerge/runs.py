@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from l2smerge.errors import L2SError
+from l2smerge.jsonl import iter_jsonl
 
 REQUIRED_FIELDS = ("bench", "id", "correct", "tokens")
 
@@ -44,18 +45,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     if not results.is_file():
         raise L2SError(f"{results}: missing; is {path} a run directory written by l2smerge eval?")
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    lines = results.read_text(encoding="utf-8").split("\n")
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):  # a last line cut short by a killed run: not written yet
-                continue
-            raise L2SError(f"{results}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise L2SError(f"{results}:{lineno}: expected a JSON object")
+    # a last line cut short by a killed run is skipped: it is not written yet
+    for lineno, row in iter_jsonl(results, skip_cut_last_line=True):
         missing = [k for k in REQUIRED_FIELDS if k not in row]
         if missing:
             raise L2SError(f"{results}:{lineno}: missing field(s) {', '.join(missing)}")

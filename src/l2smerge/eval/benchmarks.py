@@ -4,7 +4,6 @@ is kept. Data lives in `<data_dir>/<bench>/test.jsonl`; an item is named by its 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from l2smerge.errors import L2SError
+from l2smerge.jsonl import iter_jsonl
 
 DATA_DIR_ENV = "L2SMERGE_DATA_DIR"
 
@@ -147,24 +147,6 @@ def bench_file(data_dir: Path, bench: str) -> Path:
     return data_dir / bench / "test.jsonl"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every line of a JSONL file as a dict; blank lines are skipped but still counted, so
-    errors name the line a text editor shows."""
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise L2SError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise L2SError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
 def load_items(bench: str, data_dir: str | Path | None, limit: int | None = None) -> list[Item]:
     """The items of one benchmark, in file order; `limit` keeps the first N."""
     spec = BENCHMARKS[parse_bench_names([bench])[0]]
@@ -177,24 +159,14 @@ def load_items(bench: str, data_dir: str | Path | None, limit: int | None = None
             f"--data-dir / {DATA_DIR_ENV} at a directory laid out as <bench>/test.jsonl"
         )
     items: list[Item] = []
-    with path.open(encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            if limit is not None and len(items) >= limit:
-                break
-            if not line.strip():
-                continue
-            items.append(_parse_line(spec, path, index, line))
+    for lineno, row in iter_jsonl(path):
+        if limit is not None and len(items) >= limit:
+            break
+        items.append(_parse_row(spec, f"{path}:{lineno}", lineno - 1, row))
     return items
 
 
-def _parse_line(spec: Benchmark, path: Path, index: int, line: str) -> Item:
-    where = f"{path}:{index + 1}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise L2SError(f"{where}: malformed JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise L2SError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _parse_row(spec: Benchmark, where: str, index: int, row: dict[str, Any]) -> Item:
     if not isinstance(row.get(spec.question_field), str):
         raise L2SError(f"{where}: missing text field {spec.question_field!r}")
     try:

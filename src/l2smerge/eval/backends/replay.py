@@ -11,7 +11,7 @@ from typing import Any
 
 from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import Generation, Request, count_tokens, load_tokenizer
-from l2smerge.eval.benchmarks import read_jsonl
+from l2smerge.jsonl import iter_jsonl
 
 
 class ReplayBackend:
@@ -31,7 +31,7 @@ class ReplayBackend:
         self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
         self.lines: dict[tuple[str, int], dict[str, Any]] = {}
         self.line_numbers: dict[tuple[str, int], int] = {}
-        for lineno, row in enumerate(read_jsonl(self.path), start=1):
+        for lineno, row in iter_jsonl(self.path):
             self._add(lineno, row)
 
     def _add(self, lineno: int, row: dict[str, Any]) -> None:

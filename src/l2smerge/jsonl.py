@@ -1,0 +1,46 @@
+"""Reading JSONL files (benchmarks, calibration sets, run results) with errors that name the
+file and the line a text editor shows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from l2smerge.errors import L2SError
+
+
+def parse_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a dict; `where` ("file:line") names it in the error."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise L2SError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise L2SError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def iter_jsonl(
+    path: Path, *, skip_cut_last_line: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of `path`, read lazily. With
+    `skip_cut_last_line`, a last line that is not valid JSON is skipped: a writer killed
+    mid-line leaves one, and it will be written again."""
+    with path.open(encoding="utf-8") as f:
+        pending: tuple[int, str] | None = None
+        for lineno, line in enumerate(f, start=1):
+            if pending is not None:
+                yield pending[0], parse_object(pending[1], f"{path}:{pending[0]}")
+                pending = None
+            if line.strip():
+                pending = (lineno, line)
+        if pending is not None:
+            lineno, line = pending
+            if skip_cut_last_line and not line.endswith("\n"):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    return
+            yield lineno, parse_object(line, f"{path}:{lineno}")
