@@ -372,10 +372,15 @@ def _merge_one(
         t = raw.pop(0)
         inputs.append((t[:rows] if rows is not None else t).to(plan.device, torch.float32))
         del t
-    for (ckpt, _), t in zip(job.sources, inputs, strict=True):
-        # Checked on the way in: TIES/DARE would silently drop a NaN task-vector entry.
-        if not _finite(t):
-            raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
+
+    def check_inputs(inputs: list[torch.Tensor]) -> None:
+        for (ckpt, _), t in zip(job.sources, inputs, strict=True):
+            if not _finite(t):
+                raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
+
+    linear = method.extra.get("linear", False)
+    if not linear:  # checked on the way in: TIES/DARE would silently drop a NaN entry
+        check_inputs(inputs)
     tensors, base = inputs[:n_models], (inputs[n_models] if method.needs_base else None)
     kwargs = resolver.resolve(job.name)
     if "on" in method.params:
@@ -401,6 +406,8 @@ def _merge_one(
             f"expected {expected}"
         )
     if not _finite(result):
+        if linear:  # a non-finite input shows in a linear method's output: name its file
+            check_inputs(inputs)
         raise L2SError(
             f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the method "
             "overflowed float32; check its parameters)"

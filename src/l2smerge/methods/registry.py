@@ -60,6 +60,7 @@ def register(
     needs_base: bool = True,
     prepare: PrepareFn | None = None,
     elementwise: bool = False,
+    linear: bool = False,
     block_stats: BlockStatsFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature.
@@ -70,6 +71,10 @@ def register(
     `block_stats` declares that fn is elementwise once a few per-tensor statistics are known
     (TIES: each model's magnitude threshold): the executor computes them in a first pass over
     row blocks and passes them to every block's call.
+    `linear=True` declares that each output entry is a fixed linear combination of the same
+    entries of the inputs, so a NaN or Inf input always shows in the output: the executor then
+    checks only the output (and the inputs only when that fails), one pass over memory instead
+    of one per input.
     """
 
     def decorate(fn: MethodFn) -> MethodFn:
@@ -95,7 +100,7 @@ def register(
             needs_base,
             summary,
             prepare,
-            extra={"elementwise": elementwise, "block_stats": block_stats},
+            extra={"elementwise": elementwise, "linear": linear, "block_stats": block_stats},
         )
         return fn
 

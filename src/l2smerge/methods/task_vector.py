@@ -31,7 +31,7 @@ def _consensus(base: torch.Tensor, deltas: list[torch.Tensor], alphas: list[floa
     return disjoint_mean_(scaled, elect_sign(scaled)).add_(base)
 
 
-@register("average", needs_base=False, elementwise=True)
+@register("average", needs_base=False, elementwise=True, linear=True)
 def average(tensors: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
     """Plain mean of the models' weights (the base is not counted unless listed as a model)."""
     merged = tensors[0].clone()
@@ -40,7 +40,7 @@ def average(tensors: list[torch.Tensor], base: torch.Tensor | None) -> torch.Ten
     return merged.div_(len(tensors))
 
 
-@register("task_arithmetic", elementwise=True)
+@register("task_arithmetic", elementwise=True, linear=True)
 def task_arithmetic(
     tensors: list[torch.Tensor], base: torch.Tensor, *, alpha: float | list[float] = 0.7
 ) -> torch.Tensor:
