@@ -11,11 +11,28 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(dest: Path) -> Path:
+    """A new empty folder next to `dest`, to fill and then rename onto it. mkdtemp makes it
+    private (0700); it gets the permissions a plain mkdir would give, so the renamed result
+    is as readable as any other output."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600, widened as open() would
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

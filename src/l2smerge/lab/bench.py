@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from l2smerge.atomic import write_jsonl_atomic
+from l2smerge.atomic import temp_dir_beside, write_jsonl_atomic
 from l2smerge.errors import L2SError
 from l2smerge.lab import PAIR_DIR
 from l2smerge.lab.task import LEVELS, Item, long_answer, make_items, short_answer
@@ -56,8 +55,7 @@ def write_calibration(path: Path, n: int = CALIBRATION_ITEMS) -> Path:
 
 def copy_model_atomic(src: Path, dest: Path) -> None:
     """Copy a model directory to `dest` via a temporary sibling and a rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    tmp = temp_dir_beside(dest)
     try:
         for f in sorted(src.iterdir()):
             if f.is_file():
