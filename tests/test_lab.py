@@ -11,10 +11,14 @@ import pytest
 from l2smerge.errors import L2SError
 from l2smerge.lab.bench import benchmark_items, calibration_records, export
 from l2smerge.lab.task import (
+    CONSTANTS,
     LEVELS,
     NUM_CHAINS,
     REFLECTION,
+    VARIABLES,
+    copy_drill,
     long_answer,
+    lookup_drill,
     make_item,
     make_items,
     short_answer,
@@ -30,7 +34,7 @@ def resolve(question: str) -> str:
     body, query = question.split(". What is ")
     table = dict(a.split("=") for a in body.split(","))
     value = query.rstrip("?")
-    while not value.isdigit():
+    while value not in CONSTANTS:
         value = table[value]
     return value
 
@@ -45,9 +49,11 @@ def test_item_has_level_hops_and_no_shortcut(level: int) -> None:
         assert len(assignments) == NUM_CHAINS * level
         assert resolve(item.question) == item.answer
         assert len(item.chain) == level + 1
-        digits = [a.split("=")[1] for a in assignments if a.split("=")[1].isdigit()]
-        # every chain ends in its own digit: the query's digit is one of NUM_CHAINS candidates
-        assert len(set(digits)) == NUM_CHAINS and item.answer in digits
+        constants = [a.split("=")[1] for a in assignments if a.split("=")[1] in CONSTANTS]
+        # every chain ends in its own constant: the answer is one of NUM_CHAINS candidates
+        assert len(set(constants)) == NUM_CHAINS and item.answer in constants
+        # variables and constants never share a letter, even ignoring case (graders may)
+        assert not {v.upper() for v in VARIABLES} & set(CONSTANTS)
 
 
 def test_items_are_deterministic_in_the_seed() -> None:
@@ -64,8 +70,8 @@ def test_unknown_level_is_refused() -> None:
 def test_answers_short_and_long() -> None:
     item = make_items(5, 3)[4]
     short, long = short_answer(item), long_answer(item)
-    assert re.findall(r"\\boxed\{(\d)\}", short) == [item.answer]
-    assert re.findall(r"\\boxed\{(\d)\}", long)[-1] == item.answer
+    assert re.findall(r"\\boxed\{([A-Z])\}", short) == [item.answer]
+    assert re.findall(r"\\boxed\{([A-Z])\}", long)[-1] == item.answer
     assert not any(w in short.lower() for w in REFLECTIVE)
     assert REFLECTION in long and long.count(steps(item)) == 2  # the steps, then again
     assert len(long) > 4 * len(short)
@@ -83,8 +89,23 @@ def test_tokenizer_round_trip_and_chat_template() -> None:
     text = prompt + long_answer(item) + "<|im_end|>"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
-    # one token per character, specials are single tokens
-    assert len(ids) == len(text) - 2 * (len("<|im_start|>") - 1) - 2 * (len("<|im_end|>") - 1)
+    # one token per character, except specials and "=x" pieces (one token each)
+    specials = 2 * (len("<|im_start|>") - 1) + 2 * (len("<|im_end|>") - 1)
+    assert len(ids) == len(text) - specials - len(re.findall(r"=[A-Za-z]", text))
+    pieces = tok.convert_ids_to_tokens(tok("q=u,u=X", add_special_tokens=False)["input_ids"])
+    assert pieces == ["q", "=u", ",", "u", "=X"]
+
+
+def test_drills_walk_every_chain_and_copy() -> None:
+    rng = random.Random(4)
+    item = make_items(5, 9)[3]
+    head, *walks = lookup_drill(item, rng).split("\n")
+    assert head == item.question.split(". What is ")[0]
+    assert sorted(walks) == sorted(
+        ", ".join(f"{ch[i]}={ch[i + 1]}" for i in range(len(ch) - 1)) + "." for ch in item.chains
+    )
+    first, second = copy_drill(rng).split("\n")
+    assert first == second and 8 <= len(first) <= 48
 
 
 def test_test_set_and_calibration() -> None:
@@ -140,8 +161,10 @@ def test_train_script_runs_end_to_end_at_toy_scale(tmp_path, monkeypatch) -> Non
     from l2smerge.lab import train
 
     for name, value in dict(
+        PRE_STEPS=2,
         S1_STEPS=2,
         S2_STEPS=2,
+        PRE_WARMUP=1,
         S1_WARMUP=1,
         S2_WARMUP=1,
         BATCH=4,

@@ -44,7 +44,7 @@ def test_pair_answers_in_its_own_style(name: str) -> None:
     # training budget, near chance: docs/lab.md), not asserted here.
     items = make_items(10, 123)
     texts = answers(name, [it.question for it in items])
-    boxed = [re.fullmatch(r"(?s).*\\boxed\{(\d)\}", t) for t in texts]
+    boxed = [re.fullmatch(r"(?s).*\\boxed\{([A-Z])\}", t) for t in texts]
     assert all(boxed), texts
     reflective = sum("Wait, let me double check: " in t for t in texts)
     if name == "system2":

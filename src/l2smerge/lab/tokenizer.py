@@ -1,23 +1,35 @@
-"""The lab pair's char-level tokenizer, saved as a transformers PreTrainedTokenizerFast.
+"""The lab pair's tokenizer, saved as a transformers PreTrainedTokenizerFast.
 
-One token per printable ASCII character (plus newline), and the three Qwen specials. Tokens
-are spelled in the byte-level alphabet of GPT-2/Qwen (space is "Ġ", newline "Ċ") with a
-byte-level pre-tokenizer and decoder: transformers loads a `qwen2` model's tokenizer as
-`Qwen2Tokenizer`, which rebuilds that byte-level pipeline around the saved vocabulary, so the
-saved tokenizer must encode the same way under it. The chat
-template renders the Qwen ChatML layout *without* the system message: the evaluator sends the
-study's CoT system prompt, and the tiny models would spend most of their context on it, so the
-template drops it. A response token is one character, so "mean tokens" is mean characters.
+One token per printable ASCII character (plus newline), the three Qwen specials, and one
+token per `=x` piece (`=` followed by a letter), the right-hand side of an assignment. With
+`=x` a single token, looking up `u` in `...,u=w,...` is what an induction head does (find the
+earlier `u`, copy the token after it), a circuit a 4-layer model forms in a few hundred steps;
+spelled as two characters it needed a harder two-token match, which never formed in our
+budgets (docs/lab.md).
+
+transformers loads a `qwen2` model folder's tokenizer as `Qwen2Tokenizer`, which rebuilds the
+Qwen pipeline (NFC, Qwen's pre-tokenizer regex, byte-level) around the saved vocabulary and
+merges; this tokenizer is built with that very pipeline, so it encodes the same under either
+class (and under vLLM). The regex keeps `=x` inside one piece, so its merge always applies.
+Tokens are spelled in the byte-level alphabet (space is "Ġ", newline "Ċ"). The chat template
+renders the Qwen ChatML layout *without* the system message: the evaluator sends the study's
+CoT system prompt, and the tiny models would spend most of their context on it.
 """
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
 PAD, EOS = "<|endoftext|>", "<|im_end|>"
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Qwen2Tokenizer's pre-tokenizer pattern (transformers.models.qwen2.tokenization_qwen2).
+QWEN_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 # ChatML without the system turn (see module docstring).
 CHAT_TEMPLATE = (
@@ -35,9 +47,19 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in CHARACTERS:
         vocab[byte_char[ord(ch)]] = len(vocab)
-    # BPE with no merges = one token per character; unknown characters map to <|endoftext|>.
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=PAD))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    merges = []
+    for letter in LETTERS:  # "=x" pieces: one token each
+        vocab["=" + letter] = len(vocab)
+        merges.append(("=", letter))
+    # Unknown characters map to <|endoftext|>.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=PAD))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(

@@ -1,7 +1,9 @@
 """Train the lab pair, nanoGPT style: settings at the top, then the script, top to bottom.
 
-    System 1: a tiny Qwen2 trained from scratch to answer lab questions at once ("q=7."),
-              half of its batches being lookup drills that stand in for pretraining.
+    System 1: a tiny Qwen2, first "pretrained" from scratch on raw text that forms the lookup
+              skill (copying repeated strings, then walking a question's chains), then
+              fine-tuned to answer lab questions at once ("q=X."), as Qwen2.5-Math answers
+              briefly on top of a pretrained skill.
     System 2: System 1 fine-tuned, gently, to write the chain out step by step, reflect on it
               ("Wait, let me double check: ...", the same steps again), then answer.
 
@@ -9,9 +11,9 @@ The gentle fine-tune matters: trained hard (lr 1e-3, 1,000 steps) System 2 moved
 System 1 that every interpolation of the two scored 0%; at lr 3e-4 for a few hundred steps the
 pair interpolates smoothly, as the study's pair does (see docs/lab.md).
 
-Both are trained on exactly what the evaluator sends: the user question rendered by the chat
+Chat examples are exactly what the evaluator sends: the user question rendered by the chat
 template with add_generation_prompt=True (the template drops the system prompt), then the
-response and <|im_end|>. Loss is on the response and <|im_end|> only. Every batch is freshly
+response and <|im_end|>; loss on the response and <|im_end|> only. Every batch is freshly
 generated, so there is no training set to overfit; the test set uses a seed no batch uses.
 
     l2smerge lab train -o DIR --seed 0 [--threads 1]    (or: python -m l2smerge.lab.train DIR)
@@ -23,16 +25,20 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from l2smerge.atomic import temp_dir_beside
 from l2smerge.lab.task import (
+    CONSTANTS,
     LEVELS,
+    VARIABLES,
     Item,
+    copy_drill,
     long_answer,
     lookup_drill,
     make_item,
@@ -46,12 +52,18 @@ THREADS = 2  # 1 is faster when other jobs share the cores (OpenMP waits on them
 # model: a tiny Qwen2
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 128, 256, 4, 4, 4
 MAX_POSITIONS = 512
-# System 1: from scratch on short answers
-S1_STEPS, S1_LR, S1_WARMUP = 800, 1e-3, 40
-S1_DRILL_FRACTION = 0.5  # share of System 1's batches that are lookup drills (see train())
+BATCH = 64
+# System 1, stage 1 ("pretraining", raw text): copy drills form induction heads, lookup
+# drills turn them into the lookup skill (see task.copy_drill and task.lookup_drill)
+PRE_STEPS, PRE_LR, PRE_WARMUP = 700, 2e-3, 50  # constant lr after warmup: decaying it
+# while the lookup is still forming froze it half-learned (docs/lab.md)
+PRE_COPY_FRACTION = 0.3  # the rest are lookup drills
+# System 1, stage 2: chat, question -> short answer; some lookup drills keep the skill
+S1_STEPS, S1_LR, S1_WARMUP = 200, 1e-3, 20
+S1_DRILL_FRACTION = 0.3
 # System 2: fine-tuned from System 1 on long, reflective answers
 S2_STEPS, S2_LR, S2_WARMUP = 500, 3e-4, 50
-BATCH = 32
+S2_BATCH = 32  # long answers: half the batch keeps the stage at a few minutes
 WEIGHT_DECAY, GRAD_CLIP, MIN_LR_FRACTION = 0.1, 1.0, 0.1
 # quick check printed during training (the real evaluation is `l2smerge eval` / the demo)
 CHECK_EVERY, CHECK_ITEMS = 200, 100
@@ -83,30 +95,43 @@ def encode_example(item: Item, response: str) -> tuple[list[int], list[int]]:
 
 
 def encode_drill(text: str) -> tuple[list[int], list[int]]:
-    """Raw text (no chat template); loss only on each right-hand side after the newline,
-    the one predictable token of each drilled assignment."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [PAD_ID]
-    start = text.index("\n")
-    labels = [ids[i] if i > start + 1 and text[i - 1] == "=" else -100 for i in range(len(text))]
-    return ids, labels + [-100]
+    """Raw text (no chat template); loss on everything after the first line, the part the
+    first line makes predictable."""
+    head, rest = text.split("\n", 1)
+    head_ids = tokenizer(head + "\n", add_special_tokens=False)["input_ids"]
+    rest_ids = tokenizer(rest, add_special_tokens=False)["input_ids"] + [PAD_ID]
+    return head_ids + rest_ids, [-100] * len(head_ids) + rest_ids
+
+
+Example = Callable[[random.Random], tuple[list[int], list[int]]]
+
+
+def chat(respond: Callable[[Item], str]) -> Example:
+    def example(rng: random.Random) -> tuple[list[int], list[int]]:
+        item = make_item(rng, rng.choice(LEVELS))
+        return encode_example(item, respond(item))
+
+    return example
+
+
+def drill(rng: random.Random) -> tuple[list[int], list[int]]:
+    return encode_drill(lookup_drill(make_item(rng, rng.choice(LEVELS)), rng))
+
+
+def copy(rng: random.Random) -> tuple[list[int], list[int]]:
+    return encode_drill(copy_drill(rng))
 
 
 def get_batch(
-    rng: random.Random, respond, drill_fraction: float = 0.0
+    rng: random.Random, mix: list[tuple[float, Example]], batch: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BATCH fresh items at uniformly drawn levels, right-padded; labels mask the prompt.
-    A `drill_fraction` of the rows are lookup drills instead of chat examples."""
-    examples = []
-    for _ in range(BATCH):
-        item = make_item(rng, rng.choice(LEVELS))
-        if rng.random() < drill_fraction:
-            examples.append(encode_drill(lookup_drill(item, rng)))
-        else:
-            examples.append(encode_example(item, respond(item)))
+    """`batch` fresh examples, each drawn from `mix` (shares summing to 1), right-padded."""
+    shares, makers = zip(*mix, strict=True)
+    examples = [rng.choices(makers, weights=shares)[0](rng) for _ in range(batch)]
     width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((BATCH, width), PAD_ID)
-    labels = torch.full((BATCH, width), -100)
-    mask = torch.zeros((BATCH, width), dtype=torch.long)
+    ids = torch.full((batch, width), PAD_ID)
+    labels = torch.full((batch, width), -100)
+    mask = torch.zeros((batch, width), dtype=torch.long)
     for row, (x, y) in enumerate(examples):
         ids[row, : len(x)] = torch.tensor(x)
         labels[row, : len(y)] = torch.tensor(y)
@@ -165,8 +190,38 @@ def quick_check(model: Qwen2ForCausalLM, n: int | None = None) -> str:
     return f"acc {100 * total:.0f}% ({acc}) len {length:.0f} reflective {100 * reflective:.0f}%"
 
 
+@torch.no_grad()
+def drill_check(model: Qwen2ForCausalLM, per_level: int = 16) -> str:
+    """Teacher-forced accuracy on the looked-up tokens (`=x`) of held-out lookup drills."""
+    model.eval()
+    rng = random.Random(CHECK_SEED)
+    lookups = set(tokenizer.convert_tokens_to_ids([f"={c}" for c in VARIABLES + CONSTANTS]))
+    scores = []
+    for level in LEVELS:
+        right = total = 0
+        for _ in range(per_level):
+            ids, labels = encode_drill(lookup_drill(make_item(rng, level), rng))
+            predicted = model(torch.tensor([ids])).logits[0].argmax(-1)
+            for t in range(1, len(ids)):
+                if labels[t] in lookups:
+                    total += 1
+                    right += int(predicted[t - 1] == labels[t])
+        scores.append(f"L{level}={100 * right / max(total, 1):.0f}")
+    model.train()
+    return "lookup accuracy " + " ".join(scores)
+
+
 def train(
-    model, steps: int, lr: float, warmup: int, respond, seed: int, name: str, drill: float = 0.0
+    model: Qwen2ForCausalLM,
+    steps: int,
+    lr: float,
+    warmup: int,
+    mix: list[tuple[float, Example]],
+    seed: int,
+    name: str,
+    check: Callable[[Qwen2ForCausalLM], str],
+    decay: bool = True,
+    batch: int | None = None,
 ) -> None:
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(
@@ -175,9 +230,11 @@ def train(
     model.train()
     start = time.time()
     for step in range(1, steps + 1):
-        # linear warmup, then cosine decay to MIN_LR_FRACTION * lr
+        # linear warmup, then cosine decay to MIN_LR_FRACTION * lr (or constant)
         if step <= warmup:
             step_lr = lr * step / warmup
+        elif not decay:
+            step_lr = lr
         else:
             progress = (step - warmup) / max(steps - warmup, 1)
             step_lr = lr * (
@@ -185,7 +242,7 @@ def train(
             )
         for group in optimizer.param_groups:
             group["lr"] = step_lr
-        ids, labels, mask = get_batch(rng, respond, drill)
+        ids, labels, mask = get_batch(rng, mix, batch or BATCH)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,13 +255,12 @@ def train(
                 flush=True,
             )
         if step % CHECK_EVERY == 0 or step == steps:
-            print(f"{name} step {step}: {quick_check(model)}", flush=True)
+            print(f"{name} step {step}: {check(model)}", flush=True)
 
 
 def save(model: Qwen2ForCausalLM, path: Path) -> None:
     """Write the model and tokenizer to a temporary sibling folder, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = temp_dir_beside(path)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, path)
@@ -217,20 +273,35 @@ def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:
 
     system1 = new_model(seed)
     print(f"System 1: {sum(p.numel() for p in system1.parameters()):,} parameters", flush=True)
+    raw_text = [(PRE_COPY_FRACTION, copy), (1 - PRE_COPY_FRACTION, drill)]
     train(
         system1,
-        S1_STEPS,
-        S1_LR,
-        S1_WARMUP,
-        short_answer,
-        seed * 2 + 1,
-        "system1",
-        S1_DRILL_FRACTION,
+        PRE_STEPS,
+        PRE_LR,
+        PRE_WARMUP,
+        raw_text,
+        seed * 3 + 1,
+        "pretrain",
+        drill_check,
+        decay=False,
     )
+    answering = [(1 - S1_DRILL_FRACTION, chat(short_answer)), (S1_DRILL_FRACTION, drill)]
+    train(system1, S1_STEPS, S1_LR, S1_WARMUP, answering, seed * 3 + 2, "system1", quick_check)
     save(system1, out_dir / "system1")
 
     system2 = system1  # fine-tuned in place from System 1's weights (already saved)
-    train(system2, S2_STEPS, S2_LR, S2_WARMUP, long_answer, seed * 2 + 2, "system2")
+    reasoning = [(1.0, chat(long_answer))]
+    train(
+        system2,
+        S2_STEPS,
+        S2_LR,
+        S2_WARMUP,
+        reasoning,
+        seed * 3 + 3,
+        "system2",
+        quick_check,
+        batch=S2_BATCH,
+    )
     save(system2, out_dir / "system2")
     print(f"done in {time.time() - started:.0f}s: {out_dir}/system1, {out_dir}/system2")
 
