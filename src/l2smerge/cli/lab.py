@@ -25,7 +25,7 @@ def train_command(
         2, "--threads", min=1, help="torch CPU threads (1 is faster on a busy machine)."
     ),
 ) -> None:
-    """Train the pair from scratch (about 35 minutes on 2 CPU cores; bundled: --seed 1)."""
+    """Train the pair from scratch (about 20 minutes on 2 idle CPU cores; bundled: --seed 1)."""
     from l2smerge.lab import train
 
     for name in ("system1", "system2"):
