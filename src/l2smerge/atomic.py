@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, and setting it while other
+# threads create files would give those files the wrong permissions.
+_UMASK = _read_umask()
 
 
 def temp_dir_beside(dest: Path) -> Path:
@@ -23,7 +28,7 @@ def temp_dir_beside(dest: Path) -> Path:
     is as readable as any other output."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    tmp.chmod(0o777 & ~_umask())
+    tmp.chmod(0o777 & ~_UMASK)
     return tmp
 
 
@@ -32,7 +37,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600, widened as open() would
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600, widened as open() would
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

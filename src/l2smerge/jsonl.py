@@ -29,15 +29,10 @@ def iter_jsonl(
     `skip_cut_last_line`, a last line that is not valid JSON is skipped: a writer killed
     mid-line leaves one, and it will be written again."""
     with path.open(encoding="utf-8") as f:
-        pending: tuple[int, str] | None = None
         for lineno, line in enumerate(f, start=1):
-            if pending is not None:
-                yield pending[0], parse_object(pending[1], f"{path}:{pending[0]}")
-                pending = None
-            if line.strip():
-                pending = (lineno, line)
-        if pending is not None:
-            lineno, line = pending
+            if not line.strip():
+                continue
+            # only a file's last line can lack its newline
             if skip_cut_last_line and not line.endswith("\n"):
                 try:
                     json.loads(line)

@@ -21,15 +21,15 @@ from __future__ import annotations
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+# The very pattern Qwen2Tokenizer rebuilds around a qwen2 folder (see module docstring).
+from transformers.models.qwen2.tokenization_qwen2 import (
+    PRETOKENIZE_REGEX as QWEN_PRETOKENIZE_REGEX,
+)
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
 PAD, EOS = "<|endoftext|>", "<|im_end|>"
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# Qwen2Tokenizer's pre-tokenizer pattern (transformers.models.qwen2.tokenization_qwen2).
-QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 # ChatML without the system turn (see module docstring).
 CHAT_TEMPLATE = (
