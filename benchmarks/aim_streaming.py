@@ -24,7 +24,7 @@ model, data, mode, out = sys.argv[1:5]
 texts = cal.read_calibration(data, cal.METHOD_FIELDS["aim"])
 start = time.perf_counter()
 if mode == "imports":  # the floor: interpreter, torch, transformers, data; no statistics
-    cal._tokenize(model, texts, 1024)
+    cal.tokenize(model, texts, 1024)
     imp = {}
 else:
     imp = cal.activation_importance(model, texts, stream=(mode == "stream"), progress=False)

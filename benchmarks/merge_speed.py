@@ -83,7 +83,7 @@ def build_trio(root: Path, shapes: dict) -> dict[str, Path]:
     """base, model1, model2: random bf16, sharded at 400MB like a small Hub model."""
     import torch
 
-    from l2smerge.checkpoint import PlannedTensor, ShardedWriter
+    from l2smerge.merge.checkpoint import PlannedTensor, ShardedWriter
 
     paths = {n: root / n for n in ("base", "model1", "model2")}
     marker = root / "trio.json"
@@ -114,7 +114,7 @@ def build_trio(root: Path, shapes: dict) -> dict[str, Path]:
 
 def io_floor(base: Path, model: Path, out: Path) -> None:
     """Read every tensor of both inputs once; write the base's tensors as the output."""
-    from l2smerge.checkpoint import Checkpoint, PlannedTensor, ShardedWriter
+    from l2smerge.merge.checkpoint import Checkpoint, PlannedTensor, ShardedWriter
 
     b, m = Checkpoint(base), Checkpoint(model)
     names = b.names()
@@ -173,7 +173,7 @@ def mergekit_config(method: str, base: Path, model: Path) -> str:
 def compare_outputs(a: Path, b: Path) -> dict:
     """How close two merged checkpoints are: max |diff| and share of differing entries."""
 
-    from l2smerge.checkpoint import Checkpoint
+    from l2smerge.merge.checkpoint import Checkpoint
 
     ca, cb = Checkpoint(a), Checkpoint(b)
     max_diff, differ, total = 0.0, 0, 0

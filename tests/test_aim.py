@@ -9,12 +9,12 @@ from calibration_fixtures import make_family, write_calibration
 from safetensors.torch import load_file
 
 from l2smerge import calibration as cal
-from l2smerge.errors import L2SError
-from l2smerge.merge import run_merge
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.executor import run_merge
 from l2smerge.methods import get_method
 from l2smerge.methods.aim import aim, apply_importance
 from l2smerge.methods.task_vector import ties
+from l2smerge.util.errors import L2SError
 
 
 @pytest.fixture(scope="module")

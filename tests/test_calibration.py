@@ -6,7 +6,7 @@ import torch
 from calibration_fixtures import make_family, write_calibration
 
 from l2smerge import calibration as cal
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_aim_cache_is_reused_and_keyed_by_data(family, cache_in_tmp, monkeypatch
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cal, "activation_importance", counting)
+    monkeypatch.setattr(cal.activations, "activation_importance", counting)
     first = cal.aim_importance(base, calib, progress=False)
     second = cal.aim_importance(base, calib, progress=False)
     assert len(calls) == 1
@@ -214,7 +214,7 @@ def test_sens_statistics_cache(family, monkeypatch, cache_in_tmp):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cal, "task_sensitivity", counting)
+    monkeypatch.setattr(cal.sensitivity, "task_sensitivity", counting)
     first = cal.sens_statistics(base, kids, calib, progress=False)
     second = cal.sens_statistics(base, kids, calib, progress=False)
     assert len(calls) == 2  # one per model, first run only

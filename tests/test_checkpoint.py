@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny import make_tiny_model
 
-from l2smerge.checkpoint import (
+from l2smerge.merge.checkpoint import (
     Checkpoint,
     PlannedTensor,
     ShardedWriter,
     copy_side_files,
     parse_size,
 )
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 
 @pytest.fixture(scope="module")

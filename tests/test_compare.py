@@ -5,9 +5,9 @@ import sys
 import pytest
 from run_fixtures import paired_runs, write_run
 
-from l2smerge.compare import write_compare
-from l2smerge.errors import L2SError
-from l2smerge.stats import mcnemar_exact
+from l2smerge.choose.compare import write_compare
+from l2smerge.choose.stats import mcnemar_exact
+from l2smerge.util.errors import L2SError
 
 
 def test_known_differences_give_right_deltas_and_intervals(tmp_path):

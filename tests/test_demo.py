@@ -42,8 +42,8 @@ def test_reduced_demo_writes_runs_report_and_plot(tmp_path) -> None:
 
 
 def test_unknown_method_is_one_clear_error(tmp_path) -> None:
-    from l2smerge.demo import demo_points
-    from l2smerge.errors import L2SError
+    from l2smerge.lab.demo import demo_points
+    from l2smerge.util.errors import L2SError
 
     with pytest.raises(L2SError, match="unknown method 'nope'"):
         demo_points(["ties", "nope"])

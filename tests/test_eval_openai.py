@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from l2smerge.errors import L2SError
 from l2smerge.eval import evaluate
+from l2smerge.util.errors import L2SError
 
 SECRET = "sk-test-do-not-print-0123456789"
 LAB = [

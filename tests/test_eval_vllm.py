@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from l2smerge.errors import L2SError
 from l2smerge.eval import evaluate
+from l2smerge.util.errors import L2SError
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 

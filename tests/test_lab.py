@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from l2smerge.errors import L2SError
 from l2smerge.lab.bench import benchmark_items, calibration_records, export
 from l2smerge.lab.task import (
     CONSTANTS,
@@ -25,6 +24,7 @@ from l2smerge.lab.task import (
     steps,
 )
 from l2smerge.lab.tokenizer import build_tokenizer
+from l2smerge.util.errors import L2SError
 
 REFLECTIVE = ("wait", "re-examine", "recap", "double-check", "let me check", "let me verify")
 

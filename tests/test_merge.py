@@ -13,8 +13,8 @@ from test_methods_task_vector import naive_ties
 from tiny import make_tiny_model
 
 from l2smerge.cli import main
-from l2smerge.merge import run_merge, tensor_generator
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.executor import run_merge, tensor_generator
 
 
 def state(path):
@@ -379,7 +379,7 @@ def test_existing_output_needs_force(trio, tmp_path, monkeypatch, capsys):
 def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
     trio, tmp_path, monkeypatch, method, parameters
 ):
-    import l2smerge.merge as merge_module
+    import l2smerge.merge.executor as merge_module
 
     base, m1, _ = trio
     big = _grow_vocab(m1, tmp_path / "big", rows=8, seed=3)  # vocabulary rule in blocks too

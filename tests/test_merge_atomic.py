@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from tiny import make_tiny_model
 
-from l2smerge.merge import run_merge
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.executor import run_merge
 
 
 @pytest.fixture(scope="module")

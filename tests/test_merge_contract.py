@@ -9,10 +9,10 @@ import pytest
 import torch
 from tiny import make_tiny_model
 
-from l2smerge.errors import L2SError
-from l2smerge.merge import run_merge, tensor_generator
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.executor import run_merge, tensor_generator
 from l2smerge.methods import METHODS, register
+from l2smerge.util.errors import L2SError
 
 CALLS: list[dict[str, Any]] = []
 PREPARED: list[Any] = []

@@ -6,8 +6,8 @@ import sys
 import pytest
 from run_fixtures import paired_runs, write_run
 
-from l2smerge.errors import L2SError
-from l2smerge.report import write_report
+from l2smerge.choose.report import write_report
+from l2smerge.util.errors import L2SError
 
 
 def _system1(tmp_path):

@@ -6,11 +6,11 @@ from calibration_fixtures import make_family, write_calibration
 from safetensors.torch import load_file
 
 from l2smerge import calibration as cal
-from l2smerge.errors import L2SError
-from l2smerge.merge import run_merge
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.executor import run_merge
 from l2smerge.methods import get_method
 from l2smerge.methods.sens import prepare_sens, sens
+from l2smerge.util.errors import L2SError
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_merge_matches_the_formula_and_reuses_the_cache(family, monkeypatch, tmp
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cal, "task_sensitivity", counting)
+    monkeypatch.setattr(cal.sensitivity, "task_sensitivity", counting)
     seconds, outputs = [], []
     for preset in ("sens@7b", "sens@14b"):
         config = MergeConfig.build(preset=preset, models=kids, base=base, calibration=calib)

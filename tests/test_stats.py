@@ -3,7 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from l2smerge.stats import mcnemar_exact, sign_flip_p_value, stratified_bootstrap, wilson_interval
+from l2smerge.choose.stats import (
+    mcnemar_exact,
+    sign_flip_p_value,
+    stratified_bootstrap,
+    wilson_interval,
+)
 
 
 def test_wilson_known_value():

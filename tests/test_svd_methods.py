@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from l2smerge.errors import L2SError
 from l2smerge.methods import get_method
 from l2smerge.methods.svd import lore, lore_estimate, truncate_rank, twin
+from l2smerge.util.errors import L2SError
 
 
 def _models(k: int, shape=(24, 16), seed: int = 0, delta_rank: int = 3):

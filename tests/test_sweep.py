@@ -8,10 +8,10 @@ import yaml
 from run_fixtures import write_run
 from tiny import make_tiny_model
 
-from l2smerge.errors import L2SError
-from l2smerge.selection import choose
-from l2smerge.sweep import run_sweep
-from l2smerge.sweep_spec import expand_points, parse_sweep
+from l2smerge.choose.selection import choose
+from l2smerge.choose.sweep import run_sweep
+from l2smerge.choose.sweep_spec import expand_points, parse_sweep
+from l2smerge.util.errors import L2SError
 
 
 class Interrupted(Exception):
@@ -48,7 +48,7 @@ def _spec(pair, data_dir, **extra) -> dict:
 
 def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
-    import l2smerge.sweep as sweep_module
+    import l2smerge.choose.sweep as sweep_module
 
     calls = []
     interrupt_at = [2]
@@ -353,7 +353,7 @@ def test_cli_ray_option_forms(args, ray_address, tmp_path, monkeypatch):
     """`--ray [ADDRESS]`: only the command-line parsing; run_sweep itself is tested above."""
     from typer.testing import CliRunner
 
-    import l2smerge.sweep as sweep_module
+    import l2smerge.choose.sweep as sweep_module
     from l2smerge.cli import app
 
     monkeypatch.chdir(tmp_path)

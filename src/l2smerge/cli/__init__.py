@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 app = typer.Typer(
     name="l2smerge",

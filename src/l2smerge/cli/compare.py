@@ -28,7 +28,7 @@ def compare_command(
     from rich.console import Console
     from rich.table import Table
 
-    from l2smerge.compare import write_compare
+    from l2smerge.choose.compare import write_compare
 
     result = write_compare(
         run_a,

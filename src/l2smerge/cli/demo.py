@@ -30,7 +30,7 @@ def demo_command(
     DIR/runs/LABEL/."""
     import torch
 
-    from l2smerge.demo import run_demo
+    from l2smerge.lab.demo import run_demo
 
     torch.set_num_threads(threads)
     chosen = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from l2smerge.cli import app
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 lab_app = typer.Typer(
     help="The bundled lab pair: a tiny System 1 / System 2 model pair on a synthetic task.",

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from l2smerge.cli import app
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 
 def _number_list(option: str, text: str | None) -> float | list[float] | None:
@@ -81,8 +81,8 @@ def merge(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Merge a base and one or more models into one checkpoint (or run CONFIG.yaml)."""
-    from l2smerge.merge import run_merge
-    from l2smerge.merge_config import MergeConfig
+    from l2smerge.merge.config import MergeConfig
+    from l2smerge.merge.executor import run_merge
 
     parameters = {
         "alpha": _number_list("--alpha", alpha),

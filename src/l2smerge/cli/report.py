@@ -31,7 +31,7 @@ def report_command(
     level), plots and cost, as report.md and a self-contained report.html."""
     from rich.console import Console
 
-    from l2smerge.report import write_report
+    from l2smerge.choose.report import write_report
 
     summary = write_report(
         run_dirs,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from l2smerge.cli import app
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 # typer has no option with an optional value, so `--ray` is a flag and the address, when
 # given, arrives as the one extra word on the command line (`--ray auto`).
@@ -31,7 +31,7 @@ def sweep_command(
 ) -> None:
     """Merge and evaluate every point of a sweep (resumable), write points.jsonl and
     pareto.json, and choose the operating point by a stated rule."""
-    from l2smerge.sweep import run_sweep
+    from l2smerge.choose.sweep import run_sweep
 
     address = None
     if ctx.args:

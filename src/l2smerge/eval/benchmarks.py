@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
-from l2smerge.jsonl import iter_jsonl
+from l2smerge.util.errors import L2SError
+from l2smerge.util.jsonl import iter_jsonl
 
 DATA_DIR_ENV = "L2SMERGE_DATA_DIR"
 

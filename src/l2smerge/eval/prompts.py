@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 RAW_QWEN_CHAT = (

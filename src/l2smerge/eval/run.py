@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends import BACKENDS, Backend, Generation, Request, make_backend
 from l2smerge.eval.benchmarks import BENCHMARKS, Item, load_items, parse_bench_names
 from l2smerge.eval.extraction import extract_answer
@@ -17,6 +16,7 @@ from l2smerge.eval.progress import EvalProgress
 from l2smerge.eval.prompts import PromptBuilder
 from l2smerge.eval.reflection import count_reflections
 from l2smerge.eval.rundir import RunDir
+from l2smerge.util.errors import L2SError
 
 # The study's generation limits: System 2 and merged models (CoT) vs System 1 (few-shot).
 DEFAULT_MAX_TOKENS = 10240

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"

@@ -6,10 +6,10 @@ import os
 import shutil
 from pathlib import Path
 
-from l2smerge.atomic import temp_dir_beside, write_jsonl_atomic
-from l2smerge.errors import L2SError
 from l2smerge.lab import PAIR_DIR
 from l2smerge.lab.task import LEVELS, Item, long_answer, make_items, short_answer
+from l2smerge.util.atomic import temp_dir_beside, write_jsonl_atomic
+from l2smerge.util.errors import L2SError
 
 # Seeds no training batch draws from (training uses small seeds, see train.py).
 TEST_SEED = 20_250_326

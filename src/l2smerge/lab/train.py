@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from l2smerge.atomic import temp_dir_beside
 from l2smerge.lab.task import (
     CONSTANTS,
     LEVELS,
@@ -46,6 +45,7 @@ from l2smerge.lab.task import (
     short_answer,
 )
 from l2smerge.lab.tokenizer import build_tokenizer
+from l2smerge.util.atomic import temp_dir_beside
 
 # --- settings -------------------------------------------------------------------------------
 THREADS = 2  # 1 is faster when other jobs share the cores (OpenMP waits on them)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from l2smerge.errors import L2SError
 from l2smerge.methods.registry import CONTEXT_ARGS, METHODS, get_method, register
+from l2smerge.util.errors import L2SError
 
 
 def apply_importance(

@@ -108,7 +108,7 @@ def register(
 
 
 def get_method(name: str) -> MergeMethod:
-    from l2smerge.errors import L2SError
+    from l2smerge.util.errors import L2SError
 
     if name not in METHODS:
         known = ", ".join(sorted(METHODS))

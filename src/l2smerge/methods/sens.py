@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from l2smerge.errors import L2SError
 from l2smerge.methods.registry import register
+from l2smerge.util.errors import L2SError
 
 DEFAULT_FIELDS = "question,short_answer,long_answer"
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from l2smerge.errors import L2SError
 from l2smerge.methods.registry import register
+from l2smerge.util.errors import L2SError
 
 # Randomized SVD (Halko, Martinsson & Tropp 2011) for small ranks: a Gaussian sketch of
 # rank + OVERSAMPLE columns, POWER_ITERATIONS subspace iterations, then an exact SVD of the

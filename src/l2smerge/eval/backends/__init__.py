@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import Backend, Generation, Request
+from l2smerge.util.errors import L2SError
 
 BACKENDS = ("hf", "vllm", "openai", "replay")
 

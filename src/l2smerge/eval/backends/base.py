@@ -40,7 +40,7 @@ def load_tokenizer(path: str, what: str = "tokenizer") -> Any:
     """A Hugging Face tokenizer from a local directory or hub name, as a clear error if not."""
     from transformers import AutoTokenizer
 
-    from l2smerge.errors import L2SError
+    from l2smerge.util.errors import L2SError
 
     try:
         return AutoTokenizer.from_pretrained(path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import (
     Generation,
     Request,
@@ -15,6 +14,7 @@ from l2smerge.eval.backends.base import (
     encode_prompt,
     load_tokenizer,
 )
+from l2smerge.util.errors import L2SError
 
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 32

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import Generation, Request, count_tokens, load_tokenizer
+from l2smerge.util.errors import L2SError
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))

@@ -9,9 +9,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import Generation, Request, count_tokens, load_tokenizer
-from l2smerge.jsonl import iter_jsonl
+from l2smerge.util.errors import L2SError
+from l2smerge.util.jsonl import iter_jsonl
 
 
 class ReplayBackend:

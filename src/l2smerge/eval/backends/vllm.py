@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from l2smerge.errors import L2SError
 from l2smerge.eval.backends.base import Generation, Request, cut_at_stop, encode_prompt
+from l2smerge.util.errors import L2SError
 
 # Prompts handed to vLLM at once: large enough for its continuous batching to stay busy,
 # small enough that an interrupted run loses little (results are written per chunk).

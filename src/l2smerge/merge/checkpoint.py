@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

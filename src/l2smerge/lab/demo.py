@@ -3,9 +3,9 @@
 1. write the lab benchmark and calibration file into DIR;
 2. evaluate System 1 and System 2 (runs/system1, runs/system2);
 3. merge the pair with every registered method at the study's 7B settings, plus a small alpha
-   grid for task arithmetic, and evaluate each merge: this is an `l2smerge.sweep` run in
+   grid for task arithmetic, and evaluate each merge: this is an `l2smerge.choose.sweep` run in
    DIR/sweep (resumable), its run directories copied to runs/<label>;
-4. write the study-style report (report.md, report.html, plots) with `l2smerge.report`.
+4. write the study-style report (report.md, report.html, plots) with `l2smerge.choose.report`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 # Task arithmetic alphas tried besides the study's 0.7.
 TA_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -31,8 +31,8 @@ DEFAULT_LIMIT = 100  # 20 items per level keeps the demo within 5 minutes on 2 C
 def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(label, sweep point) for every registered method, or only those in `methods`
     (registry names, or `aim_ties`)."""
+    from l2smerge.merge.presets import PRESETS
     from l2smerge.methods import METHODS
-    from l2smerge.presets import PRESETS
 
     # `aim` wraps another method; the demo runs it as the study did, on TIES (`aim_ties`).
     available = list(dict.fromkeys("aim_ties" if name == "aim" else name for name in METHODS))
@@ -71,10 +71,10 @@ def run_demo(
     console: Console | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    from l2smerge.choose.report import write_report
+    from l2smerge.choose.sweep import run_sweep
     from l2smerge.eval import evaluate
     from l2smerge.lab.bench import bundled_pair, write_benchmark, write_calibration
-    from l2smerge.report import write_report
-    from l2smerge.sweep import run_sweep
 
     console = console or Console()
     started = time.perf_counter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 
 def _p(method: str, on: str | None = None, **parameters: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 Scalar = Union[bool, int, float, str]  # noqa: UP007 (pydantic reads this union at runtime)
 Schedule = list[float]
@@ -86,7 +86,7 @@ class MergeConfig(BaseModel):
         method and every parameter not given explicitly."""
         params = {k: v for k, v in (parameters or {}).items() if v is not None}
         if preset is not None:
-            from l2smerge.presets import get_preset
+            from l2smerge.merge.presets import get_preset
 
             spec = get_preset(preset)
             if method is not None and method != spec["method"]:
@@ -144,7 +144,7 @@ class MergeConfig(BaseModel):
         if not isinstance(data, dict):
             raise L2SError(f"{path}: a merge config is a YAML mapping (method:, models:, ...)")
         if "preset" in data and data["preset"] is not None:
-            from l2smerge.presets import get_preset
+            from l2smerge.merge.presets import get_preset
 
             spec = get_preset(data["preset"])
             if data.setdefault("method", spec["method"]) != spec["method"]:

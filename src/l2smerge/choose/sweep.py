@@ -25,14 +25,21 @@ from typing import Any
 
 from rich.console import Console
 
-from l2smerge.atomic import write_json_atomic, write_jsonl_atomic
-from l2smerge.compare import compare_runs
-from l2smerge.errors import L2SError
-from l2smerge.pareto import pareto_front
-from l2smerge.report import summarise, write_report
-from l2smerge.runs import load_run
-from l2smerge.selection import choose
-from l2smerge.sweep_spec import Point, RunSource, SweepSpec, expand_points, load_sweep, parse_sweep
+from l2smerge.choose.compare import compare_runs
+from l2smerge.choose.pareto import pareto_front
+from l2smerge.choose.report import summarise, write_report
+from l2smerge.choose.selection import choose
+from l2smerge.choose.sweep_spec import (
+    Point,
+    RunSource,
+    SweepSpec,
+    expand_points,
+    load_sweep,
+    parse_sweep,
+)
+from l2smerge.eval.runs import load_run
+from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic
+from l2smerge.util.errors import L2SError
 
 POINTS_FILE = "points.jsonl"
 COMPARE_RESAMPLES = 1000
@@ -47,8 +54,8 @@ def merge_and_evaluate(
     """Merge one point into point_dir/model, evaluate it into point_dir/run, delete the model
     unless keep_models. Plain-data arguments so that it runs unchanged as a Ray task."""
     from l2smerge.eval import evaluate
-    from l2smerge.merge import run_merge
-    from l2smerge.merge_config import MergeConfig
+    from l2smerge.merge.config import MergeConfig
+    from l2smerge.merge.executor import run_merge
 
     spec = SweepSpec.model_validate(spec_data)
     folder = Path(point_dir)
@@ -319,7 +326,7 @@ class Sweep:
             self._finish(point, outcome, done, total)
 
     def _run_search(self) -> None:
-        from l2smerge.sweep_search import AdaptiveSearch
+        from l2smerge.choose.sweep_search import AdaptiveSearch
 
         search = self.spec.search
         finished = [r for r in self.records.values() if r["source"] == "search"]

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 # Keys of a point that are not method parameters.
 POINT_KEYS = ("method", "on", "preset")
@@ -243,7 +243,7 @@ _PER_POINT_FIELDS = {"method", "models", "base", "parameters", "on", "preset"}
 
 
 def _check_merge_fields(merge: dict[str, Any], path: Path) -> None:
-    from l2smerge.merge_config import MergeConfig
+    from l2smerge.merge.config import MergeConfig
 
     for key in merge:
         if key in _PER_POINT_FIELDS:
@@ -288,7 +288,7 @@ def _point(entry: Any, where: str, source: str) -> Point:
     method, on, preset = (entry.get(k) for k in POINT_KEYS)
     params = {k: v for k, v in entry.items() if k not in POINT_KEYS}
     if preset is not None:
-        from l2smerge.presets import PRESETS
+        from l2smerge.merge.presets import PRESETS
 
         if preset not in PRESETS:
             raise L2SError(f"{where}.preset: unknown preset {preset!r}")

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from l2smerge.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from l2smerge.errors import L2SError
-from l2smerge.pareto import pareto_front
-from l2smerge.runs import Run, is_reflective, level_of, load_run
-from l2smerge.stats import Z95, wilson_interval
+from l2smerge.choose.pareto import pareto_front
+from l2smerge.choose.stats import Z95, wilson_interval
+from l2smerge.eval.runs import Run, is_reflective, level_of, load_run
+from l2smerge.util.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from l2smerge.util.errors import L2SError
 
 DEFAULT_REFERENCE = "system2"
 PLOTS = {

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
-from l2smerge.jsonl import iter_jsonl
+from l2smerge.util.errors import L2SError
+from l2smerge.util.jsonl import iter_jsonl
 
 REQUIRED_FIELDS = ("bench", "id", "correct", "tokens")
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from l2smerge.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from l2smerge.errors import L2SError
-from l2smerge.runs import Run, is_reflective, level_of, load_run
-from l2smerge.stats import (
+from l2smerge.choose.stats import (
     DEFAULT_RESAMPLES,
     mcnemar_exact,
     sign_flip_p_value,
     stratified_bootstrap,
 )
+from l2smerge.eval.runs import Run, is_reflective, level_of, load_run
+from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from l2smerge.util.errors import L2SError
 
 QUESTION_FIELDS = ("question", "problem")
 

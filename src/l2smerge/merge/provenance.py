@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import l2smerge
-from l2smerge.merge_config import MergeConfig
+from l2smerge.merge.config import MergeConfig
 
 _CHUNK = 16 << 20
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from l2smerge.errors import L2SError
+from l2smerge.util.errors import L2SError
 
 
 def parse_object(line: str, where: str) -> dict[str, Any]:

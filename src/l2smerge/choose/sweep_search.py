@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from l2smerge.errors import L2SError
-from l2smerge.sweep_spec import Point, SearchSpec
+from l2smerge.choose.sweep_spec import Point, SearchSpec
+from l2smerge.util.errors import L2SError
 
 
 class AdaptiveSearch:

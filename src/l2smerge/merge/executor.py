@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from l2smerge.checkpoint import (
+from l2smerge.merge.checkpoint import (
     DTYPE_NAMES,
     Checkpoint,
     PlannedTensor,
@@ -34,10 +34,10 @@ from l2smerge.checkpoint import (
     dtype_name,
     parse_size,
 )
-from l2smerge.errors import L2SError
-from l2smerge.merge_config import MergeConfig, ParameterResolver, check_range
+from l2smerge.merge.config import MergeConfig, ParameterResolver, check_range
+from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod, get_method
-from l2smerge.provenance import Fingerprinter, write_provenance
+from l2smerge.util.errors import L2SError
 
 # lm_head name -> the embedding it is tied to, per architecture family.
 TIED_HEADS = {

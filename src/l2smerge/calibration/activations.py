@@ -1,0 +1,162 @@
+"""AIM statistics: mean |input activation| per input channel of every Linear of the base,
+normalised to an importance in [0, 1], collected one decoder layer at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from l2smerge.calibration.cache import (
+    cache_key,
+    file_sha256,
+    load_cached_tensors,
+    model_fingerprint,
+    save_cached_tensors,
+)
+from l2smerge.calibration.data import (
+    DEFAULT_MAX_TOKENS,
+    METHOD_FIELDS,
+    Sample,
+    read_calibration,
+    tokenize,
+)
+from l2smerge.calibration.models import (
+    causal_mask,
+    decoder_parts,
+    load_full_model,
+    materialise,
+    progress_bar,
+)
+
+
+class _ChannelMeans:
+    """Running mean of |x| per last-dim channel over every token a Linear sees."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1]).abs().sum(dim=0, dtype=torch.float64)
+        if name in self.sums:
+            self.sums[name] += flat
+        else:
+            self.sums[name] = flat
+        self.counts[name] = self.counts.get(name, 0) + x.numel() // x.shape[-1]
+
+    def hook(self, name: str) -> Callable:
+        return lambda _module, args, _output: self.add(name, args[0])
+
+    def importance(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, total in self.sums.items():
+            mean = (total / self.counts[name]).float().cpu()
+            out[name] = mean / mean.max().clamp_min(torch.finfo(torch.float32).tiny)
+        return out
+
+
+def activation_importance(
+    model_path: str | Path,
+    samples: Sequence[Sample],
+    *,
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    stream: bool = True,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per-input-channel importance in [0, 1] for every nn.Linear of the model at `model_path`
+    except the output head (an embedding, which AIM leaves alone), keyed by module name (the
+    weight is "<name>.weight"): mean |input| over all calibration tokens, divided by its max.
+
+    stream=True (and a standard decoder-only layout): the model is built on the meta device
+    and one part at a time gets real float32 weights — the embeddings, then each decoder
+    layer in turn — while every sample's hidden states are carried from part to part.
+    Peak memory: one layer's weights plus the hidden states of all samples (for 7B, 100
+    samples of 1,024 tokens: 1.5 GB); the final norm and head are never loaded. Otherwise the
+    whole model is loaded with hooks.
+    Samples run one at a time without padding, so no attention mask is needed beyond causal.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from l2smerge.merge.checkpoint import Checkpoint
+
+    model_path = Path(model_path)
+    ids = tokenize(model_path, samples, max_tokens)
+    stats = _ChannelMeans()
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    parts = decoder_parts(skeleton) if stream else None
+    if parts is None:
+        model = load_full_model(model_path, device, torch.float32)
+        head = model.get_output_embeddings()
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                module.register_forward_hook(stats.hook(name))
+        with torch.no_grad(), progress_bar(len(ids), "activations", progress) as step:
+            for sample in ids:
+                model(input_ids=sample[None].to(device))
+                step()
+        return stats.importance()
+
+    prefix, decoder = parts
+    checkpoint = Checkpoint(model_path)
+    rotary = type(decoder.rotary_emb)(config=config).to(device)
+    layers = list(decoder.layers)
+    with torch.no_grad(), progress_bar(len(layers) + 1, "activations", progress) as step:
+        materialise(decoder.embed_tokens, f"{prefix}.embed_tokens", checkpoint, device)
+        hidden = [decoder.embed_tokens(sample[None].to(device)) for sample in ids]
+        decoder.embed_tokens.to("meta")
+        step()
+        for index, layer in enumerate(layers):
+            layer_prefix = f"{prefix}.layers.{index}"
+            materialise(layer, layer_prefix, checkpoint, device)
+            handles = [
+                module.register_forward_hook(stats.hook(f"{layer_prefix}.{name}"))
+                for name, module in layer.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            ]
+            for i, h in enumerate(hidden):
+                positions = torch.arange(h.shape[1], device=device)[None]
+                out = layer(
+                    h,
+                    attention_mask=causal_mask(h.shape[1], device),
+                    position_ids=positions,
+                    position_embeddings=rotary(h, positions),
+                )
+                hidden[i] = out[0] if isinstance(out, tuple) else out
+            for handle in handles:
+                handle.remove()
+            layer.to("meta")
+            step()
+    return stats.importance()
+
+
+def aim_importance(
+    base: str | Path,
+    calibration: str | Path,
+    *,
+    fields: Sequence[str] = METHOD_FIELDS["aim"],
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """`activation_importance` of the base on the calibration file, through the disk cache."""
+    samples = read_calibration(calibration, fields)
+    meta = {
+        "model": model_fingerprint(base),
+        "data": file_sha256(calibration),
+        "fields": list(fields),
+        "max_tokens": max_tokens,
+    }
+    key = cache_key("aim", **meta)
+    cached = load_cached_tensors(key)
+    if cached is not None:
+        return cached
+    importance = activation_importance(
+        base, samples, device=device, max_tokens=max_tokens, progress=progress
+    )
+    save_cached_tensors(key, importance, meta)
+    return importance

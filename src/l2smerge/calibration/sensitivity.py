@@ -1,0 +1,215 @@
+"""Sens-Merging statistics: per-layer sensitivities of each task vector, cross-task logit
+alignment between the models, and the coefficients they give."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from l2smerge.calibration.cache import (
+    cache_key,
+    file_sha256,
+    load_cached_json,
+    model_fingerprint,
+    save_cached_json,
+)
+from l2smerge.calibration.data import (
+    DEFAULT_MAX_TOKENS,
+    METHOD_FIELDS,
+    Sample,
+    read_calibration,
+    tokenize,
+)
+from l2smerge.calibration.models import load_full_model, progress_bar
+from l2smerge.util.errors import L2SError
+
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def layer_group(tensor_name: str) -> str:
+    """The Sens 'layer' a tensor belongs to: its decoder layer ("model.layers.3"), else its
+    own module ("model.embed_tokens", "model.norm", "lm_head")."""
+    match = _LAYER.match(tensor_name)
+    if match:
+        return match.group(1)
+    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name
+
+
+def task_sensitivity(
+    model_path: str | Path,
+    base_path: str | Path,
+    samples: Sequence[Sample],
+    *,
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> dict[str, float]:
+    """S^l = mean over calibration texts of Σ_{params in layer l} |δ ⊙ ∇L| for one model:
+    δ = θ_model − θ_base, ∇L the float32 gradient of the model's own next-token loss on the
+    text (every token predicted). Needs the whole model in float32 with its gradients, plus
+    δ in the base checkpoint's dtype."""
+    from l2smerge.merge.checkpoint import Checkpoint
+
+    model_path = Path(model_path)
+    ids = tokenize(model_path, samples, max_tokens)
+    model = load_full_model(model_path, device, torch.float32)
+    base = Checkpoint(base_path)
+    deltas: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        if name not in base:
+            raise L2SError(f"{base.path}: tensor {name!r} (in {model_path}) is missing")
+        stored = base.read(name)
+        if tuple(stored.shape) != tuple(param.shape):
+            raise L2SError(
+                f"{base.path}: tensor {name!r} has shape {tuple(stored.shape)}, "
+                f"{model_path} has {tuple(param.shape)}"
+            )
+        delta = (param.detach() - stored.to(device, torch.float32)).to(stored.dtype)
+        deltas[name] = (layer_group(name), param, delta)
+    totals: dict[str, float] = dict.fromkeys((g for g, _, _ in deltas.values()), 0.0)
+    with progress_bar(len(ids), f"sensitivity {model_path.name}", progress) as step:
+        for sample in ids:
+            if sample.numel() < 2:
+                step()
+                continue
+            model.zero_grad(set_to_none=True)
+            inputs = sample[None].to(device)
+            model(input_ids=inputs, labels=inputs).loss.backward()
+            for group, param, delta in deltas.values():
+                if param.grad is not None:
+                    totals[group] += float((delta.float() * param.grad).abs().sum())
+            step()
+    del model
+    return {group: total / len(ids) for group, total in totals.items()}
+
+
+def _log_probs(model: torch.nn.Module, sample: torch.Tensor, device: str) -> torch.Tensor:
+    logits = model(input_ids=sample[None].to(device)).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def cross_task_alignment(
+    model_paths: Sequence[str | Path],
+    samples: Sequence[Sequence[Sample]],
+    *,
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> list[list[float]]:
+    """g[k][j] = exp(−mean over task-j tokens of KL(p_j ‖ p_k)): how closely model k
+    reproduces expert j's next-token distributions on expert j's calibration texts (1 on the
+    diagonal). All models are loaded together (inference only)."""
+    models = [load_full_model(Path(p), device, torch.float32) for p in model_paths]
+    k_models = len(models)
+    g = [[1.0] * k_models for _ in range(k_models)]
+    with torch.no_grad(), progress_bar(k_models, "cross-task alignment", progress) as step:
+        for j in range(k_models):
+            ids = tokenize(Path(model_paths[j]), samples[j], max_tokens)
+            kl_sums = [0.0] * k_models
+            tokens = 0
+            for sample in ids:
+                expert = _log_probs(models[j], sample, device)
+                for k in range(k_models):
+                    if k == j:
+                        continue
+                    other = _log_probs(models[k], sample, device)
+                    vocab = min(expert.shape[-1], other.shape[-1])
+                    p = expert[:, :vocab]
+                    kl = (p.exp() * (p - other[:, :vocab])).sum(dim=-1)
+                    kl_sums[k] += float(kl.sum())
+                tokens += sample.numel()
+            for k in range(k_models):
+                if k != j:
+                    g[k][j] = math.exp(-kl_sums[k] / tokens)
+            step()
+    return g
+
+
+def sens_statistics(
+    base: str | Path,
+    models: Sequence[str | Path],
+    calibration: str | Path | Sequence[str | Path],
+    *,
+    fields: Sequence[str] = METHOD_FIELDS["sens"],
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> tuple[list[dict[str, float]], list[list[float]] | None]:
+    """(per-model layer sensitivities, cross-task alignment matrix or None for one model),
+    each through the disk cache. `calibration` is one file for every model or one per model
+    (model k's task data)."""
+    files = (
+        [Path(calibration)] * len(models)
+        if isinstance(calibration, (str, Path))
+        else [Path(c) for c in calibration]
+    )
+    if len(files) != len(models):
+        raise L2SError(f"sens: {len(files)} calibration files for {len(models)} models")
+    samples = [read_calibration(f, fields) for f in files]
+    data = [file_sha256(f) for f in files]
+    model_fps = [model_fingerprint(m) for m in models]
+    base_fp = model_fingerprint(base)
+    common = {"fields": list(fields), "max_tokens": max_tokens}
+    sensitivities = []
+    for k, model in enumerate(models):
+        meta = {"model": model_fps[k], "base": base_fp, "data": data[k], **common}
+        key = cache_key("sens-sensitivity", **meta)
+        value = load_cached_json(key)
+        if value is None:
+            value = task_sensitivity(
+                model, base, samples[k], device=device, max_tokens=max_tokens, progress=progress
+            )
+            save_cached_json(key, value, meta)
+        sensitivities.append(value)
+    if len(models) < 2:
+        return sensitivities, None
+    meta = {"models": model_fps, "data": data, **common}
+    key = cache_key("sens-alignment", **meta)
+    alignment = load_cached_json(key)
+    if alignment is None:
+        alignment = cross_task_alignment(
+            models, samples, device=device, max_tokens=max_tokens, progress=progress
+        )
+        save_cached_json(key, alignment, meta)
+    return sensitivities, alignment
+
+
+def sens_coefficients(
+    sensitivities: Sequence[dict[str, float]],
+    alignment: Sequence[Sequence[float]] | None,
+    *,
+    alpha: float,
+    temperature: float,
+) -> list[dict[str, float]]:
+    """Per-model, per-layer TA coefficients λ_k^l from the Sens statistics.
+
+    task-specific: a_k^l = S_k^l / ‖S_k‖₂ (each model's layer sensitivities, L2-normalised
+    across its layers); cross-task: t_k = Σ_{j≠k} g[k][j], L1-normalised over models (t = 1
+    for a single model). Softmax with temperature T over the models at each layer (K ≥ 2):
+    λ_k^l = α · K · softmax_k(a_k^l · t_k / T); with one model there is nothing to share
+    between models, so the softmax runs over its layers instead: λ^l = α · L ·
+    softmax_l(a^l / T). Either way the coefficients average α, and T → ∞ gives task
+    arithmetic with α.
+    """
+    if temperature <= 0:
+        raise L2SError(f"sens: temperature must be > 0, got {temperature}")
+    k_models = len(sensitivities)
+    groups = list(sensitivities[0])
+    for s in sensitivities[1:]:
+        if set(s) != set(groups):
+            raise L2SError("sens: the models' layer sets differ; they must share one architecture")
+    sens = torch.tensor([[s[g] for g in groups] for s in sensitivities], dtype=torch.float64)
+    norms = sens.norm(dim=1, keepdim=True)
+    task_specific = torch.where(norms > 0, sens / norms.clamp_min(1e-300), 0.0)
+    if k_models == 1:
+        weights = len(groups) * torch.softmax(task_specific[0] / temperature, dim=0)
+        return [{g: alpha * float(w) for g, w in zip(groups, weights, strict=True)}]
+    g = torch.tensor(alignment, dtype=torch.float64)
+    cross = g.sum(dim=1) - g.diagonal()
+    cross = cross / cross.sum() if cross.sum() > 0 else torch.full_like(cross, 1 / k_models)
+    weights = k_models * torch.softmax(task_specific * cross[:, None] / temperature, dim=0)
+    return [{grp: alpha * float(w) for grp, w in zip(groups, row, strict=True)} for row in weights]

@@ -1,0 +1,1 @@
+"""Choosing a merge: comparing runs, reports, sweeps, the Pareto front and the selection rule."""

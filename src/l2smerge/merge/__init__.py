@@ -1,0 +1,2 @@
+"""Merging: checkpoint I/O, the streaming executor, recipes (YAML configs, presets) and
+provenance. Methods themselves live in l2smerge.methods."""

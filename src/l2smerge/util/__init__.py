@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage: atomic writes, JSONL reading, the user-facing error."""
