@@ -104,6 +104,50 @@ class Fingerprinter:
         return self.result
 
 
+# The paper of each merge method, for the model card: (citation, URL).
+METHOD_PAPERS: dict[str, tuple[str, str]] = {
+    "average": ("Wortsman et al. 2022, Model soups", "https://arxiv.org/abs/2203.05482"),
+    "task_arithmetic": (
+        "Ilharco et al. 2023, Editing Models with Task Arithmetic",
+        "https://arxiv.org/abs/2212.04089",
+    ),
+    "ties": ("Yadav et al. 2023, TIES-Merging", "https://arxiv.org/abs/2306.01708"),
+    "dare_ta": (
+        "Yu et al. 2024, Language Models are Super Mario (DARE)",
+        "https://arxiv.org/abs/2311.03099",
+    ),
+    "dare_ties": (
+        "Yu et al. 2024, Language Models are Super Mario (DARE)",
+        "https://arxiv.org/abs/2311.03099",
+    ),
+    "lore": ("Liu et al. 2025, LoRE-Merging", "https://arxiv.org/abs/2502.10749"),
+    "twin": ("Lu et al. 2024, Twin-Merging", "https://arxiv.org/abs/2406.15479"),
+    "aim": (
+        "Nobari et al. 2025, Activation-Informed Merging of Large Language Models",
+        "https://arxiv.org/abs/2502.02421",
+    ),
+    "sens": ("Liu et al. 2025, Sens-Merging", "https://arxiv.org/abs/2502.12420"),
+}
+STUDY = (
+    "Wu et al. 2025, Unlocking Efficient Long-to-Short LLM Reasoning with Model Merging",
+    "https://arxiv.org/abs/2503.20641",
+)
+
+
+def hub_source(path: str | Path) -> dict[str, str] | None:
+    """{"hub_id", "revision"} when `path` is a snapshot in the Hugging Face cache
+    (.../models--ORG--NAME/snapshots/REVISION), the layout `hf download` and
+    `from_pretrained` leave; None for any other folder."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            return {
+                "hub_id": parts[i][len("models--") :].replace("--", "/"),
+                "revision": parts[i + 2],
+            }
+    return None
+
+
 def write_provenance(
     out: Path,
     config: MergeConfig,
@@ -119,7 +163,12 @@ def write_provenance(
     for i, m in enumerate(config.models):
         roles.setdefault(str(m.path), []).append(f"model {i + 1}")
     inputs = [
-        {"path": path, "role": ", ".join(r), **fingerprints.get(path, {})}
+        {
+            "path": path,
+            "role": ", ".join(r),
+            **(hub_source(path) or {}),
+            **fingerprints.get(path, {}),
+        }
         for path, r in roles.items()
     ]
     record = {
@@ -143,43 +192,84 @@ def write_provenance(
     (out / "l2smerge.json").write_text(json.dumps(record, indent=2) + "\n")
     recipe = config.to_yaml()
     (out / "merge.yaml").write_text(recipe)
-    (out / "README.md").write_text(_model_card(config, parameters, inputs, recipe, output))
+    (out / "README.md").write_text(model_card(record, recipe))
 
 
-def _model_card(
-    config: MergeConfig,
-    parameters: dict[str, Any],
-    inputs: list[dict[str, Any]],
+def model_card(
+    record: dict[str, Any],
     recipe: str,
-    output: dict[str, Any],
+    *,
+    evaluation: str | None = None,
+    model_path: str = "path/to/this/model",
 ) -> str:
-    method = config.method + (f" on {config.on}" if config.on else "")
-    base = [str(config.base)] if config.base else []
-    front = {
-        "base_model": base + [str(m.path) for m in config.models],
-        "tags": ["merge", "l2smerge"],
-    }
-    # YAML front matter (Hub metadata); JSON strings are valid YAML scalars.
+    """The model card (README.md) of a merged model from its l2smerge.json `record`: what was
+    merged (hub ids where known), the method and its paper, the parameters, the recipe, a
+    usage snippet, and `evaluation` (markdown, e.g. a sweep's numbers) when given."""
+    method, on = record["method"], record.get("on")
+    inputs = record["inputs"]
+    hub_ids = [i["hub_id"] for i in inputs if i.get("hub_id")]
     lines = ["---"]
-    for key, value in front.items():
-        lines.append(f"{key}:")
-        lines.extend(f"  - {json.dumps(v)}" for v in value)
-    lines += ["---", "", "# Merged model", ""]
+    if hub_ids:  # Hub metadata: base_model takes hub ids only, never local paths
+        lines.append("base_model:")
+        lines.extend(f"  - {json.dumps(h)}" for h in hub_ids)
+    lines += ["tags:", '  - "merge"', '  - "l2smerge"', '  - "long-to-short"']
+    lines += ["library_name: transformers", "---", ""]
+    name = method + (f" on {on}" if on else "")
+    lines += [f"# Merged model: {name}", ""]
     lines.append(
-        f"Made with [l2smerge](https://github.com/) {l2smerge.__version__} by **{method}** "
-        "merging (long-to-short reasoning by model merging, Wu et al. 2025, arXiv 2503.20641)."
+        f"Made with l2smerge {record['l2smerge_version']} by **{name}** merging, for "
+        f"long-to-short reasoning by model merging ([{STUDY[0]}]({STUDY[1]}))."
     )
-    lines += ["", "## Inputs", "", "| role | path | fingerprint |", "|---|---|---|"]
+    lines += ["", "## Merged models", "", "| role | model | fingerprint |", "|---|---|---|"]
     for item in inputs:
-        lines.append(f"| {item['role']} | `{item['path']}` | `{item.get('fingerprint', '-')}` |")
-    lines += ["", "## Parameters", ""]
-    for name, value in parameters.items():
-        lines.append(f"- `{name}`: `{json.dumps(value)}`")
-    lines.append(f"- `seed`: `{config.seed}`")
+        where = f"`{item['path']}`"
+        if item.get("hub_id"):
+            link = f"https://huggingface.co/{item['hub_id']}"
+            where = f"[{item['hub_id']}]({link}) (revision `{item['revision']}`)"
+        lines.append(f"| {item['role']} | {where} | `{item.get('fingerprint', '-')}` |")
+    lines += ["", "## Method", ""]
+    for part in [method, on] if on else [method]:
+        if part in METHOD_PAPERS:
+            cite, url = METHOD_PAPERS[part]
+            lines.append(f"- `{part}`: [{cite}]({url})")
+        else:
+            lines.append(f"- `{part}`")
+    if record.get("preset"):
+        lines.append(f"- preset `{record['preset']}` (the study's settings)")
+    lines += ["", "Parameters:", ""]
+    for key, value in record["parameters"].items():
+        lines.append(f"- `{key}`: `{json.dumps(value)}`")
+    for i, per_model in enumerate(record.get("per_model_parameters") or []):
+        for key, value in per_model.items():
+            lines.append(f"- `{key}` for model {i + 1}: `{json.dumps(value)}`")
+    lines.append(f"- `seed`: `{record['seed']}`")
+    output = record["output"]
     lines += [
         "",
         f"Output: {output['num_tensors']} tensors, dtype {output['dtype']}, "
         f"{output['num_shards']} shard(s).",
+    ]
+    if evaluation:
+        lines += ["", "## Evaluation", "", evaluation.rstrip()]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_path}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{model_path}", torch_dtype="auto")',
+        'messages = [{"role": "user", "content": "What is 17 * 23?"}]',
+        "inputs = tokenizer.apply_chat_template(",
+        '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"',
+        ")",
+        "output = model.generate(**inputs, max_new_tokens=2048)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], '
+        "skip_special_tokens=True))",
+        "```",
+        "",
+        f"With vLLM: `vllm serve {model_path}`.",
         "",
         "## Recipe",
         "",
