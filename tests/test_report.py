@@ -114,3 +114,91 @@ def test_report_without_token_counts(tmp_path):
     assert (tmp_path / "r" / "by_level.png").exists()  # reflective ratio by level still plotted
     assert not (tmp_path / "r" / "accuracy_vs_tokens.png").exists()
     assert "no token counts" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_benchmark_order_average_interval_and_notes_in_html(tmp_path):
+    # results in completion order: math500 lines before gsm8k lines; every item wrong
+    rows = [{"bench": "math500", "id": i, "correct": False, "tokens": 5} for i in range(10)]
+    rows += [{"bench": "gsm8k", "id": i, "correct": False, "tokens": 5} for i in range(10)]
+    run = write_run(tmp_path / "zero", rows)
+    notes = "Selection:\n\n```\nrule: x\n  ✓ a <b> & c\n```"
+    summary = write_report([run], tmp_path / "r", notes=notes)
+    md = (tmp_path / "r" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run | "))
+    assert header.index("gsm8k") < header.index("math500")  # registry order, not completion
+    avg = summary["runs"][0]["average"]
+    assert avg["accuracy"] == 0 and avg["accuracy_ci95"][1] > 0.15
+    assert "| 0.0 (0.0–19.6) |" in md  # a real interval on the average, not "0.0 ± 0.0"
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "```" not in page
+    assert "<pre><code>rule: x\n  ✓ a &lt;b&gt; &amp; c\n</code></pre>" in page
+    assert "pre{white-space:pre-wrap" in page and "overflow-x:auto" in page
+
+
+def test_front_plot_labels_do_not_overlap_and_the_choice_is_marked(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2smerge.choose.report import place_labels
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    xs = [100 + 3 * (i % 4) for i in range(12)]  # a tight cluster, as in a real sweep
+    ys = [50 + 0.4 * (i // 4) for i in range(12)]
+    ax.scatter(xs, ys)
+    ax.margins(x=0.25, y=0.2)
+    ax.autoscale_view()
+    texts = place_labels(ax, xs, ys, [f"ties(alpha=0.{i},density=0.2)" for i in range(12)])
+    fig.canvas.draw()
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t) for t in texts]  # the text alone, not its leader line
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    plt.close(fig)
+
+    system2, merged = paired_runs(tmp_path)
+    write_report([system2, merged], tmp_path / "r", chosen="merged")
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["chosen"] == "merged"
+    from l2smerge.choose.report import _plot_front, summarise
+    from l2smerge.eval.runs import load_run
+
+    stats = [summarise(load_run(p)) for p in (system2, merged)]
+    fig = _plot_front(plt, stats, stats[0], "merged")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "chosen: merged" in legend and "reference: system2" in legend
+    plt.close(fig)
+
+
+def test_many_runs_get_distinct_line_styles_and_an_outside_legend(tmp_path):
+    from l2smerge.choose.report import line_styles
+
+    for count in (3, 12, 25):
+        styles = line_styles(count)
+        colours = [s["color"] for s in styles]
+        assert len(set(colours)) == count  # no colour repeats, whatever the count
+        assert len({(s["color"], s["marker"], s["linestyle"]) for s in styles}) == count
+    runs = []
+    for k in range(12):
+        rows_k = [
+            {"bench": "math500", "id": i, "correct": True, "tokens": 9 + k, "level": 1 + i % 5}
+            for i in range(10)
+        ]
+        runs.append(write_run(tmp_path / f"run{k}", rows_k))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2smerge.choose.report import _plot_levels, summarise
+    from l2smerge.eval.runs import load_run
+
+    fig = _plot_levels(plt, [summarise(load_run(r)) for r in runs], None, None)
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    for ax in fig.axes:  # the legend sits beside the plots, never over them
+        assert not box.overlaps(ax.get_window_extent())
+    plt.close(fig)

@@ -1,11 +1,13 @@
 """`l2smerge compare RUN_A RUN_B`: what changed between two runs, on the items both evaluated.
 
-Per benchmark: accuracy delta (B − A) with a paired bootstrap 95% interval and an exact McNemar
-p-value; mean-token ratio (B / A) with a bootstrap interval; reflective-ratio change; a
-per-level view where items carry a level (MATH500, lab). The macro average weights every
-benchmark equally; its interval is a stratified paired bootstrap and its p-value a sign-flip
-permutation test (the multi-benchmark analogue of McNemar). The items one run got right and
-the other got wrong are written out with both responses side by side.
+Per benchmark: accuracy delta (B − A) with Tango's paired score 95% interval and an exact
+McNemar p-value; mean-token ratio (B / A) with a paired bootstrap interval; reflective-ratio
+change; a per-level view where items carry a level (MATH500, lab). The macro average weights
+every benchmark equally; its delta interval combines the per-benchmark ones (MOVER), its
+p-value is a sign-flip permutation test (the multi-benchmark analogue of McNemar). The items
+one run got right and the other got wrong are written out with both responses side by side.
+Per-group figures (accuracy, tokens, reflection) come from l2smerge.eval.metrics, the one
+place they are computed.
 """
 
 from __future__ import annotations
@@ -21,172 +23,183 @@ import numpy as np
 from l2smerge.choose.stats import (
     DEFAULT_RESAMPLES,
     mcnemar_exact,
+    paired_difference_interval,
     sign_flip_p_value,
     stratified_bootstrap,
 )
-from l2smerge.eval.runs import Run, is_reflective, level_of, load_run
+from l2smerge.eval.metrics import (
+    group_figures,
+    level_key,
+    level_of,
+    macro_interval,
+    ordered_benches,
+)
+from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from l2smerge.util.errors import L2SError
 
 QUESTION_FIELDS = ("question", "problem")
+Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 
 
-def _ratio(num: float | None, den: float | None) -> float:
-    if num is None or den is None or not den > 0:  # no token counts, or none at all
-        return math.nan
-    return num / den
-
-
-def _ratios(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """Element-wise num / den, nan where den is not positive (or a token count is missing)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def _clean(value: float) -> float | None:
+def _clean(value: float | None) -> float | None:
     """JSON has no NaN: undefined numbers become null."""
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _reflective_ratio(records: list[dict[str, Any]]) -> float | None:
-    flags = [is_reflective(r) for r in records]
-    if not flags or any(f is None for f in flags):
-        return None
-    return sum(bool(f) for f in flags) / len(flags)
+def _ratios(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Element-wise num / den, nan where den is not positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
-def _paired_arrays(pairs: list[tuple[dict, dict]]) -> tuple[np.ndarray, ...]:
-    correct_a = np.array([a["correct"] for a, _ in pairs], dtype=float)
-    correct_b = np.array([b["correct"] for _, b in pairs], dtype=float)
-    tokens_a = np.array([a["tokens"] for a, _ in pairs], dtype=float)
-    tokens_b = np.array([b["tokens"] for _, b in pairs], dtype=float)
-    return correct_a, correct_b, tokens_a, tokens_b
+def shared_items(run_a: Run, run_b: Run) -> dict[str, Pairs]:
+    """The items both runs evaluated, as (record in A, record in B) pairs, per benchmark in
+    the fixed benchmark order, items by id."""
+    by_bench: dict[str, Pairs] = {}
+    for key in sorted(k for k in run_a.records if k in run_b.records):
+        by_bench.setdefault(key[0], []).append((run_a.records[key], run_b.records[key]))
+    return {b: by_bench[b] for b in ordered_benches(by_bench)}
 
 
-def _describe(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
+def macro_mean_tokens(pairs_by_bench: dict[str, Pairs], side: int) -> float | None:
+    """Mean tokens of one side (0 = A, 1 = B) over the shared items, macro over benchmarks."""
+    means = [
+        group_figures([pair[side] for pair in pairs])["mean_tokens"]
+        for pairs in pairs_by_bench.values()
+    ]
+    return None if not means or None in means else float(np.mean(means))
+
+
+def tokens_ratio(pairs_by_bench: dict[str, Pairs]) -> float | None:
+    """The one definition of a length change (used by compare, report and sweep): macro mean
+    tokens of B over macro mean tokens of A, both on the items both runs evaluated (each
+    benchmark weighs the same). `length change` = tokens_ratio − 1."""
+    a, b = macro_mean_tokens(pairs_by_bench, 0), macro_mean_tokens(pairs_by_bench, 1)
+    return None if a is None or b is None or not a > 0 else b / a
+
+
+def _describe(pairs: Pairs) -> dict[str, Any]:
     """Point figures (no intervals) for a set of paired records."""
-    correct_a, correct_b, tokens_a, tokens_b = _paired_arrays(pairs)
-    n = len(pairs)
-    refl_a = _reflective_ratio([a for a, _ in pairs])
-    refl_b = _reflective_ratio([b for _, b in pairs])
+    fa = group_figures([a for a, _ in pairs])
+    fb = group_figures([b for _, b in pairs])
+    refl_a, refl_b = fa["reflective_ratio"], fb["reflective_ratio"]
     return {
-        "n": n,
-        "accuracy_a": float(correct_a.mean()),
-        "accuracy_b": float(correct_b.mean()),
-        "delta": float(correct_b.mean() - correct_a.mean()),
-        "mean_tokens_a": _clean(float(tokens_a.mean())),
-        "mean_tokens_b": _clean(float(tokens_b.mean())),
-        "tokens_ratio": _clean(_ratio(tokens_b.mean(), tokens_a.mean())),
+        "n": len(pairs),
+        "accuracy_a": fa["accuracy"],
+        "accuracy_b": fb["accuracy"],
+        "delta": fb["accuracy"] - fa["accuracy"],
+        "mean_tokens_a": fa["mean_tokens"],
+        "mean_tokens_b": fb["mean_tokens"],
+        "tokens_ratio": tokens_ratio({"": pairs}),
         "reflective_ratio_a": refl_a,
         "reflective_ratio_b": refl_b,
-        "reflective_ratio_delta": (
-            None if refl_a is None or refl_b is None else float(refl_b - refl_a)
-        ),
+        "reflective_ratio_delta": None if refl_a is None or refl_b is None else refl_b - refl_a,
+        "study_reflective_ratio_a": fa["study_reflective_ratio"],
+        "study_reflective_ratio_b": fb["study_reflective_ratio"],
     }
 
 
-def _bench_comparison(
-    pairs: list[tuple[dict, dict]], *, resamples: int, seed: int
-) -> dict[str, Any]:
+def _token_arrays(pairs: Pairs) -> tuple[np.ndarray, np.ndarray] | None:
+    if any(a.get("tokens") is None or b.get("tokens") is None for a, b in pairs):
+        return None
+    return (
+        np.array([a["tokens"] for a, _ in pairs], dtype=float),
+        np.array([b["tokens"] for _, b in pairs], dtype=float),
+    )
+
+
+def _bench_comparison(pairs: Pairs, *, resamples: int, seed: int) -> dict[str, Any]:
     out = _describe(pairs)
-    correct_a, correct_b, tokens_a, tokens_b = _paired_arrays(pairs)
-    a_only = int(np.sum((correct_a == 1) & (correct_b == 0)))
-    b_only = int(np.sum((correct_a == 0) & (correct_b == 1)))
-    delta_ci = stratified_bootstrap(
-        [[correct_b - correct_a]],
-        lambda s: s[0][0].mean(axis=-1),
-        resamples=resamples,
-        seed=seed,
-    )
-    ratio_ci = stratified_bootstrap(
-        [[tokens_a, tokens_b]],
-        lambda s: _ratios(s[0][1].mean(axis=-1), s[0][0].mean(axis=-1)),
-        resamples=resamples,
-        seed=seed,
-    )
+    lost = sum(1 for a, b in pairs if a["correct"] and not b["correct"])
+    gained = sum(1 for a, b in pairs if b["correct"] and not a["correct"])
+    both_right = sum(1 for a, b in pairs if a["correct"] and b["correct"])
+    ratio_ci: tuple[float | None, float | None] = (None, None)
+    tokens = _token_arrays(pairs)
+    if tokens is not None:
+        ratio_ci = stratified_bootstrap(
+            [list(tokens)],
+            lambda s: _ratios(s[0][1].mean(axis=-1), s[0][0].mean(axis=-1)),
+            resamples=resamples,
+            seed=seed,
+        )
     out.update(
         {
-            "delta_ci95": [_clean(delta_ci[0]), _clean(delta_ci[1])],
-            "p_value": mcnemar_exact(a_only, b_only),
+            "delta_ci95": list(paired_difference_interval(gained, lost, len(pairs))),
+            "p_value": mcnemar_exact(lost, gained),
             "tokens_ratio_ci95": [_clean(ratio_ci[0]), _clean(ratio_ci[1])],
-            "a_right_b_wrong": a_only,
-            "b_right_a_wrong": b_only,
-            "both_right": int(np.sum((correct_a == 1) & (correct_b == 1))),
-            "both_wrong": int(np.sum((correct_a == 0) & (correct_b == 0))),
+            "a_right_b_wrong": lost,
+            "b_right_a_wrong": gained,
+            "both_right": both_right,
+            "both_wrong": len(pairs) - lost - gained - both_right,
             "truncated_a": sum(bool(a.get("truncated")) for a, _ in pairs),
             "truncated_b": sum(bool(b.get("truncated")) for _, b in pairs),
         }
     )
-    levels: dict[str, list[tuple[dict, dict]]] = {}
+    levels: dict[str, Pairs] = {}
     for a, b in pairs:
         level = level_of(a) or level_of(b)
         if level is not None:
             levels.setdefault(level, []).append((a, b))
     if levels:
-        out["levels"] = {lv: _describe(levels[lv]) for lv in sorted(levels, key=_level_key)}
+        out["levels"] = {lv: _describe(levels[lv]) for lv in sorted(levels, key=level_key)}
     return out
-
-
-def _level_key(level: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(level))
-    except ValueError:
-        return (1, level)
 
 
 def _macro(
     per_bench: dict[str, dict[str, Any]],
-    bench_pairs: dict[str, list[tuple[dict, dict]]],
+    bench_pairs: dict[str, Pairs],
     *,
     resamples: int,
     seed: int,
 ) -> dict[str, Any]:
     names = list(per_bench)
-    arrays = {b: _paired_arrays(bench_pairs[b]) for b in names}
 
     def mean_of(key: str) -> float | None:
         values = [per_bench[b][key] for b in names]
-        if any(v is None for v in values):
-            return None
-        return float(np.mean(values))
+        return None if None in values else float(np.mean(values))
 
-    tokens_a = mean_of("mean_tokens_a")
-    tokens_b = mean_of("mean_tokens_b")
     refl_a, refl_b = mean_of("reflective_ratio_a"), mean_of("reflective_ratio_b")
-    delta_ci = stratified_bootstrap(
-        [[arrays[b][1] - arrays[b][0]] for b in names],
-        lambda s: np.mean([x[0].mean(axis=-1) for x in s], axis=0),
-        resamples=resamples,
-        seed=seed,
+    delta_ci = macro_interval(
+        [per_bench[b]["delta"] for b in names], [per_bench[b]["delta_ci95"] for b in names]
     )
-    ratio_ci = stratified_bootstrap(
-        [[arrays[b][2], arrays[b][3]] for b in names],
-        lambda s: _ratios(
-            np.mean([x[1].mean(axis=-1) for x in s], axis=0),
-            np.mean([x[0].mean(axis=-1) for x in s], axis=0),
-        ),
-        resamples=resamples,
-        seed=seed,
-    )
+    ratio_ci: tuple[float | None, float | None] = (None, None)
+    tokens = [_token_arrays(bench_pairs[b]) for b in names]
+    if None not in tokens:
+        ratio_ci = stratified_bootstrap(
+            [list(t) for t in tokens],  # type: ignore[arg-type]
+            lambda s: _ratios(
+                np.mean([x[1].mean(axis=-1) for x in s], axis=0),
+                np.mean([x[0].mean(axis=-1) for x in s], axis=0),
+            ),
+            resamples=resamples,
+            seed=seed,
+        )
     if len(names) == 1:
         p_value = per_bench[names[0]]["p_value"]
     else:
-        p_value = sign_flip_p_value([arrays[b][1] - arrays[b][0] for b in names], seed=seed)
+        diffs = [
+            np.array([float(b["correct"]) - float(a["correct"]) for a, b in bench_pairs[name]])
+            for name in names
+        ]
+        p_value = sign_flip_p_value(diffs, seed=seed)
     return {
         "benchmarks": names,
         "n": sum(per_bench[b]["n"] for b in names),
         "accuracy_a": mean_of("accuracy_a"),
         "accuracy_b": mean_of("accuracy_b"),
         "delta": mean_of("delta"),
-        "delta_ci95": [_clean(delta_ci[0]), _clean(delta_ci[1])],
+        "delta_ci95": list(delta_ci),
         "p_value": p_value,
-        "mean_tokens_a": tokens_a,
-        "mean_tokens_b": tokens_b,
-        "tokens_ratio": _clean(_ratio(tokens_b, tokens_a)),
+        "mean_tokens_a": macro_mean_tokens(bench_pairs, 0),
+        "mean_tokens_b": macro_mean_tokens(bench_pairs, 1),
+        "tokens_ratio": tokens_ratio(bench_pairs),
         "tokens_ratio_ci95": [_clean(ratio_ci[0]), _clean(ratio_ci[1])],
         "reflective_ratio_a": refl_a,
         "reflective_ratio_b": refl_b,
         "reflective_ratio_delta": None if refl_a is None or refl_b is None else refl_b - refl_a,
+        "study_reflective_ratio_a": mean_of("study_reflective_ratio_a"),
+        "study_reflective_ratio_b": mean_of("study_reflective_ratio_b"),
         "a_right_b_wrong": sum(per_bench[b]["a_right_b_wrong"] for b in names),
         "b_right_a_wrong": sum(per_bench[b]["b_right_a_wrong"] for b in names),
     }
@@ -196,15 +209,12 @@ def compare_runs(
     run_a: Run, run_b: Run, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> dict[str, Any]:
     """The content of compare.json for two loaded runs (without the item lists' responses)."""
-    shared = [key for key in run_a.records if key in run_b.records]
-    if not shared:
+    bench_pairs = shared_items(run_a, run_b)
+    if not bench_pairs:
         raise L2SError(
             f"{run_a.path} and {run_b.path} share no (bench, id) items; "
             "evaluate both on the same benchmarks"
         )
-    bench_pairs: dict[str, list[tuple[dict, dict]]] = {}
-    for key in shared:
-        bench_pairs.setdefault(key[0], []).append((run_a.records[key], run_b.records[key]))
     per_bench = {
         bench: _bench_comparison(pairs, resamples=resamples, seed=seed)
         for bench, pairs in bench_pairs.items()
@@ -217,11 +227,12 @@ def compare_runs(
         "run_b": {"label": run_b.label, "path": str(run_b.path)},
         "method": {
             "delta": "accuracy of B minus accuracy of A on the shared items",
-            "delta_ci95": "paired percentile bootstrap (macro: stratified by benchmark)",
+            "delta_ci95": "Tango's paired score interval per benchmark; macro: MOVER "
+            "combination of the per-benchmark intervals",
             "p_value": "exact two-sided McNemar on discordant pairs "
             "(macro over several benchmarks: paired sign-flip permutation test)",
-            "tokens_ratio": "mean tokens of B / mean tokens of A "
-            "(macro: ratio of the means of the per-benchmark means)",
+            "tokens_ratio": "macro mean tokens of B / macro mean tokens of A on the shared "
+            "items (paired percentile bootstrap interval, stratified by benchmark)",
             "resamples": resamples,
             "seed": seed,
         },
@@ -349,7 +360,8 @@ def render_markdown(
         f"A: `{result['run_a']['path']}`  ",
         f"B: `{result['run_b']['path']}`",
         "",
-        "Accuracy in %, delta = B − A in points with its 95% paired-bootstrap interval; "
+        "Accuracy in %, delta = B − A in points with its 95% interval (Tango's paired score "
+        "interval; macro: MOVER over benchmarks); "
         "p = exact McNemar (macro: sign-flip permutation test); tokens ratio = mean tokens "
         "B / A with its 95% bootstrap interval; only items both runs evaluated count.",
         "",

@@ -2,28 +2,28 @@
 as report.md (PNG files next to it) and a self-contained report.html (PNGs embedded, no
 external URLs, opens offline).
 
-Numbers come from each run's results.jsonl, so every run is summarised the same way:
-accuracy with a 95% Wilson interval per benchmark; the average is the macro mean over
-benchmarks with a normal-approximation interval from the per-benchmark variances; length is
-mean response tokens; length change is against a reference run (by default the one labelled
-`system2`) on the benchmarks both share; cost is tokens per 1,000 queries (benchmarks weighted
-equally) and dollars at a given price per million output tokens.
+Numbers come from each run's results.jsonl through l2smerge.eval.metrics, so every run is
+summarised the same way (and the same way as its summary.json): accuracy with a 95% Wilson
+interval per benchmark; the average is the macro mean over benchmarks with the MOVER interval
+built from the benchmarks' intervals; length is mean response tokens; length change is
+against a reference run (by default the one labelled `system2`) on the items both evaluated
+(compare.tokens_ratio, the definition compare and sweep use too); cost is tokens per 1,000
+queries (benchmarks weighted equally) and dollars at a given price per million output tokens.
+Benchmarks appear in the fixed registry order, levels in level order.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from l2smerge.choose.compare import macro_mean_tokens, shared_items, tokens_ratio
 from l2smerge.choose.pareto import pareto_front
-from l2smerge.choose.stats import Z95, wilson_interval
-from l2smerge.eval.runs import Run, is_reflective, level_of, load_run
+from l2smerge.eval.metrics import figures_by_bench, level_key, macro_average, ordered_benches
+from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from l2smerge.util.errors import L2SError
 
@@ -36,86 +36,33 @@ PLOTS = {
 
 
 @dataclass
-class GroupStats:
-    """Accuracy, length and reflection over one group of records (a benchmark or a level)."""
-
-    n: int
-    accuracy: float
-    accuracy_ci95: tuple[float, float]
-    mean_tokens: float | None  # None when the run has no token counts (replay, no tokenizer)
-    reflective_ratio: float | None
-
-    @classmethod
-    def of(cls, records: list[dict[str, Any]]) -> GroupStats:
-        n = len(records)
-        correct = sum(bool(r["correct"]) for r in records)
-        flags = [is_reflective(r) for r in records]
-        refl = None if any(f is None for f in flags) else sum(map(bool, flags)) / n
-        tokens = [r["tokens"] for r in records]
-        return cls(
-            n=n,
-            accuracy=correct / n,
-            accuracy_ci95=wilson_interval(correct, n),
-            mean_tokens=None if None in tokens else sum(tokens) / n,
-            reflective_ratio=refl,
-        )
-
-
-@dataclass
 class RunStats:
+    """A run's figures: per benchmark (eval.metrics.bench_figures, with `per_level`) and
+    their macro average; length change and cost once a reference is known."""
+
     label: str
     path: Path
-    benches: dict[str, GroupStats]
-    levels: dict[str, dict[str, GroupStats]]  # bench -> level -> stats
+    run: Run
+    benches: dict[str, dict[str, Any]]
+    average: dict[str, Any]
     tokens: list[int]
-    average: dict[str, Any] = field(default_factory=dict)
     length_change: float | None = None  # vs the reference, as a fraction (−0.5 = half)
     cost: dict[str, float | None] = field(default_factory=dict)
 
-    def macro_tokens(self, benches: list[str]) -> float | None:
-        values = [self.benches[b].mean_tokens for b in benches]
-        return None if None in values else float(np.mean(values))
+    def levels(self, bench: str) -> dict[str, dict[str, Any]]:
+        return self.benches.get(bench, {}).get("per_level", {})
 
 
 def summarise(run: Run) -> RunStats:
-    benches = {b: GroupStats.of(run.bench_records(b)) for b in run.benches}
-    levels: dict[str, dict[str, GroupStats]] = {}
-    for bench in run.benches:
-        by_level: dict[str, list[dict[str, Any]]] = {}
-        for r in run.bench_records(bench):
-            if (level := level_of(r)) is not None:
-                by_level.setdefault(level, []).append(r)
-        if by_level:
-            levels[bench] = {lv: GroupStats.of(by_level[lv]) for lv in sorted(by_level, key=_lk)}
-    stats = RunStats(
+    benches = figures_by_bench(run.records.values())
+    return RunStats(
         label=run.label,
         path=run.path,
+        run=run,
         benches=benches,
-        levels=levels,
-        tokens=[r["tokens"] for r in run.records.values() if r["tokens"] is not None],
+        average=macro_average(benches),
+        tokens=[r["tokens"] for r in run.records.values() if r.get("tokens") is not None],
     )
-    accs = [s.accuracy for s in benches.values()]
-    # Macro mean of independent benchmark accuracies: Var = sum(p(1-p)/n) / B^2.
-    se = math.sqrt(sum(s.accuracy * (1 - s.accuracy) / s.n for s in benches.values())) / len(accs)
-    mean_acc = float(np.mean(accs))
-    ci = [max(0.0, mean_acc - Z95 * se), min(1.0, mean_acc + Z95 * se)]
-    if len(benches) == 1:  # one benchmark: its Wilson interval (sane at 0% and 100%)
-        ci = list(next(iter(benches.values())).accuracy_ci95)
-    refl = [s.reflective_ratio for s in benches.values()]
-    stats.average = {
-        "accuracy": mean_acc,
-        "accuracy_ci95": ci,
-        "mean_tokens": stats.macro_tokens(list(benches)),
-        "reflective_ratio": None if None in refl else float(np.mean(refl)),
-    }
-    return stats
-
-
-def _lk(level: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(level))
-    except ValueError:
-        return (1, level)
 
 
 def _pick_reference(stats: list[RunStats], reference: str | Path | None) -> RunStats | None:
@@ -129,6 +76,17 @@ def _pick_reference(stats: list[RunStats], reference: str | Path | None) -> RunS
     raise L2SError(f"--reference {ref!r} is not one of the runs' labels or paths ({labels})")
 
 
+def _against_reference(s: RunStats, ref: RunStats) -> None:
+    """Length change and tokens saved against the reference, on the items both evaluated."""
+    pairs = shared_items(ref.run, s.run)
+    ratio = tokens_ratio(pairs) if pairs else None
+    if ratio is None:
+        return
+    s.length_change = ratio - 1
+    ref_tokens, own_tokens = macro_mean_tokens(pairs, 0), macro_mean_tokens(pairs, 1)
+    s.cost["tokens_saved_per_1000_queries"] = 1000 * (ref_tokens - own_tokens)
+
+
 # ---------------------------------------------------------------- tables
 
 
@@ -140,31 +98,37 @@ def _tok(x: float | None) -> str:
     return "–" if x is None else f"{x:.0f}"
 
 
-def _acc_ci(acc: float, ci: tuple[float, float] | list[float]) -> str:
-    half = 100 * (ci[1] - ci[0]) / 2
-    return f"{100 * acc:.1f} ± {half:.1f}"
+def _acc_ci(figures: dict[str, Any]) -> str:
+    """Accuracy with its 95% interval, e.g. "70.0 (63.3–75.9)"; intervals near 0% or 100%
+    are asymmetric, so they are shown as bounds, not as ±."""
+    acc, ci = figures.get("accuracy"), figures.get("accuracy_ci95")
+    if acc is None:
+        return "–"
+    if not ci:
+        return f"{100 * acc:.1f}"
+    return f"{100 * acc:.1f} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+
+
+def _all_benches(stats: list[RunStats]) -> list[str]:
+    return ordered_benches(b for s in stats for b in s.benches)
 
 
 def _tables(stats: list[RunStats], reference: RunStats | None, price: float | None) -> list[dict]:
     """Each table: {"title", "note", "header", "rows"} (strings), rendered to md and html."""
-    benches: list[str] = []
-    for s in stats:
-        benches += [b for b in s.benches if b not in benches]
+    benches = _all_benches(stats)
     main_rows = []
     for s in stats:
         row = [s.label]
-        for b in benches:
-            g = s.benches.get(b)
-            row.append("–" if g is None else _acc_ci(g.accuracy, g.accuracy_ci95))
+        row += [_acc_ci(s.benches[b]) if b in s.benches else "–" for b in benches]
         row += [
-            _acc_ci(s.average["accuracy"], s.average["accuracy_ci95"]),
+            _acc_ci(s.average),
             _tok(s.average["mean_tokens"]),
             "–" if s.length_change is None else f"{100 * s.length_change:+.1f}%",
             _pct(s.average["reflective_ratio"]),
         ]
         main_rows.append(row)
     ref_note = (
-        f"Length change is against `{reference.label}` on the benchmarks both runs evaluated."
+        f"Length change is against `{reference.label}` on the items both runs evaluated."
         if reference
         else "No reference run (label one `system2` or pass --reference) so no length change."
     )
@@ -175,9 +139,10 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
         )
     tables = [
         {
-            "title": "Accuracy (%) ± 95% CI, length and reflection",
-            "note": "± is half the width of the 95% interval (Wilson per benchmark); "
-            "Avg = macro mean over benchmarks. " + ref_note,
+            "title": "Accuracy % (95% CI), length and reflection",
+            "note": "Per benchmark: accuracy with its 95% Wilson interval; Avg: the macro mean "
+            "over benchmarks with its 95% MOVER interval (combined from the benchmarks' "
+            "intervals). " + ref_note,
             "header": ["run", *benches, "Avg", "mean tokens", "length change", "reflective %"],
             "rows": main_rows,
         },
@@ -188,31 +153,28 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             "rows": [
                 [
                     s.label,
-                    *(_tok(s.benches[b].mean_tokens) if b in s.benches else "–" for b in benches),
+                    *(
+                        _tok(s.benches[b]["mean_tokens"]) if b in s.benches else "–"
+                        for b in benches
+                    ),
                 ]
                 for s in stats
             ],
         },
     ]
-    level_benches: list[str] = []
-    for s in stats:
-        level_benches += [b for b in s.levels if b not in level_benches]
-    for bench in level_benches:
-        levels: list[str] = []
-        for s in stats:
-            levels += [lv for lv in s.levels.get(bench, {}) if lv not in levels]
-        levels.sort(key=_lk)
+    for bench in [b for b in benches if any(s.levels(b) for s in stats)]:
+        levels = sorted({lv for s in stats for lv in s.levels(bench)}, key=level_key)
         rows = []
         for s in stats:
-            by = s.levels.get(bench, {})
+            by = s.levels(bench)
             cells = [
                 "–"
                 if lv not in by
                 else " / ".join(
                     (
-                        _tok(by[lv].mean_tokens),
-                        _pct(by[lv].reflective_ratio),
-                        _pct(by[lv].accuracy),
+                        _tok(by[lv]["mean_tokens"]),
+                        _pct(by[lv]["reflective_ratio"]),
+                        _pct(by[lv]["accuracy"]),
                     )
                 )
                 for lv in levels
@@ -245,7 +207,8 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
     tables.append(
         {
             "title": "Cost",
-            "note": "Output tokens per 1,000 queries drawn equally from the benchmarks above.",
+            "note": "Output tokens per 1,000 queries drawn equally from the benchmarks above; "
+            "tokens saved are counted on the items both runs evaluated.",
             "header": cost_header,
             "rows": cost_rows,
         }
@@ -267,19 +230,30 @@ def _html_table(t: dict) -> str:
     esc = html.escape
     out = [f"<h2>{esc(t['title'])}</h2>"]
     if t["note"]:
-        out.append(f"<p>{esc(t['note']).replace('`', '')}</p>")
-    out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in t["header"]))
+        out.append(_markdown_html(t["note"]))
+    out.append("<div class='scroll'><table><thead><tr>")
+    out.append("".join(f"<th>{esc(h)}</th>" for h in t["header"]))
     out.append("</tr></thead><tbody>")
     for r in t["rows"]:
         out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "\n".join(out)
+
+
+def _markdown_html(text: str) -> str:
+    """Markdown (notes, the sweep's selection) as HTML: fenced blocks become <pre>, `code`
+    becomes <code>; raw HTML in the text is escaped, never rendered."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
 # ---------------------------------------------------------------- plots
 
 
-def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict[str, Path]:
+def _plots(
+    stats: list[RunStats], reference: RunStats | None, chosen: str | None, out: Path
+) -> dict[str, Path]:
     """Write the PNG plots that the runs have data for; returns name -> path."""
     import io
 
@@ -294,7 +268,7 @@ def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict
         ("by_level", _plot_levels),
         ("length_distribution", _plot_lengths),
     ):
-        fig = draw(plt, stats, reference)
+        fig = draw(plt, stats, reference, chosen)
         if fig is None:  # no data for this plot (e.g. no token counts, no levels)
             continue
         buf = io.BytesIO()
@@ -304,16 +278,87 @@ def _plots(stats: list[RunStats], reference: RunStats | None, out: Path) -> dict
     return written
 
 
-def _plot_front(plt, stats: list[RunStats], reference: RunStats | None):
+def place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> list:
+    """Annotate each point with its label where the label overlaps no other label, no point
+    and stays inside the axes: candidate positions in rings around the point, nearest
+    first; a label moved off its point gets a thin leader line. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    points_px = [to_px((x, y)) for x, y in zip(xs, ys, strict=True)]
+    marker = 5.0  # half-size in pixels of the area kept free around each point
+    point_boxes = [(px - marker, py - marker, px + marker, py + marker) for px, py in points_px]
+    frame = ax.get_window_extent(renderer)
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1), (1, 0), (-1, 0)]
+    placed: list[tuple[float, float, float, float]] = []
+    texts = []
+
+    def overlap(a, b) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    for i in order:
+        best = None
+        for ring in range(1, 9):
+            for dx, dy in directions:
+                offset = (dx * 5 * ring, dy * 5 * ring - (4 if dy < 0 else 0))
+                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                text = ax.annotate(
+                    labels[i],
+                    (xs[i], ys[i]),
+                    xytext=offset,
+                    textcoords="offset points",
+                    fontsize=8,
+                    ha=ha,
+                    va=va,
+                )
+                box = text.get_window_extent(renderer)
+                rect = (box.x0, box.y0, box.x1, box.y1)
+                cost = sum(overlap(rect, other) for other in placed)
+                cost += sum(overlap(rect, p) for j, p in enumerate(point_boxes) if j != i)
+                outside = (
+                    rect[0] < frame.x0
+                    or rect[2] > frame.x1
+                    or rect[1] < frame.y0
+                    or rect[3] > frame.y1
+                )
+                cost += 1e6 if outside else 0.0
+                text.remove()
+                if best is None or cost < best[0]:
+                    best = (cost, offset, ha, va, rect, ring)
+                if cost == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        _, offset, ha, va, rect, ring = best  # type: ignore[misc]
+        arrow = {"arrowstyle": "-", "color": "0.6", "lw": 0.6} if ring > 2 else None
+        texts.append(
+            ax.annotate(
+                labels[i],
+                (xs[i], ys[i]),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=8,
+                ha=ha,
+                va=va,
+                arrowprops=arrow,
+            )
+        )
+        placed.append(rect)
+    return texts
+
+
+def _plot_front(plt, stats: list[RunStats], reference: RunStats | None, chosen: str | None):
     timed = [s for s in stats if s.average["mean_tokens"] is not None]
     if not timed:
         return None
     acc = [100 * s.average["accuracy"] for s in timed]
     tok = [s.average["mean_tokens"] for s in timed]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.scatter(tok, acc, color="tab:blue", zorder=3)
-    for s, x, y in zip(timed, tok, acc, strict=True):
-        ax.annotate(s.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto_front(acc, tok)
     ax.plot(
         [tok[i] for i in front],
@@ -330,48 +375,98 @@ def _plot_front(plt, stats: list[RunStats], reference: RunStats | None):
             s=140,
             facecolors="none",
             edgecolors="tab:red",
-            label=reference.label,
+            label=f"reference: {reference.label}",
             zorder=4,
+        )
+    picked = [s for s in timed if s.label == chosen]
+    if picked:
+        ax.scatter(
+            [picked[0].average["mean_tokens"]],
+            [100 * picked[0].average["accuracy"]],
+            s=260,
+            marker="*",
+            color="tab:green",
+            edgecolors="black",
+            linewidths=0.6,
+            label=f"chosen: {chosen}",
+            zorder=5,
         )
     ax.set_xlabel("mean response tokens (macro over benchmarks)")
     ax.set_ylabel("accuracy % (macro over benchmarks)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.margins(x=0.25, y=0.2)  # room for labels beside the outermost points
+    ax.autoscale_view()
+    place_labels(ax, tok, acc, [s.label for s in timed])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
-def _plot_levels(plt, stats: list[RunStats], reference: RunStats | None):
-    """Length and reflective ratio by level, one row per benchmark that has levels."""
-    level_benches = sorted({b for s in stats for b in s.levels})
+def line_styles(count: int) -> list[dict[str, Any]]:
+    """`count` distinct (colour, marker, line style) combinations: a qualitative palette up to
+    20 lines (tab10, then tab20), evenly spaced colours from a perceptual map beyond; markers
+    and dashes vary too, so no two lines look alike."""
+    import matplotlib
+
+    if count <= 10:
+        colours = [matplotlib.colormaps["tab10"](i) for i in range(count)]
+    elif count <= 20:
+        colours = [matplotlib.colormaps["tab20"](i) for i in range(count)]
+    else:
+        cmap = matplotlib.colormaps["turbo"]
+        colours = [cmap(0.05 + 0.9 * i / (count - 1)) for i in range(count)]
+    markers = "osD^vP*Xh<>"
+    dashes = ["-", "--", "-.", ":"]
+    return [
+        {"color": colours[i], "marker": markers[i % len(markers)], "linestyle": dashes[i // 10 % 4]}
+        for i in range(count)
+    ]
+
+
+def _plot_levels(plt, stats: list[RunStats], reference: RunStats | None, chosen: str | None):
+    """Length and reflective ratio by level, one row per benchmark that has levels; one
+    legend for the figure, beside the plots (it never covers data)."""
+    level_benches = [b for b in _all_benches(stats) if any(s.levels(b) for s in stats)]
     if not level_benches:
         return None
+    styles = dict(zip([s.label for s in stats], line_styles(len(stats)), strict=True))
     fig, axes = plt.subplots(
         len(level_benches), 2, figsize=(10, 3.6 * len(level_benches)), squeeze=False
     )
+    handles: dict[str, Any] = {}
     for row, bench in enumerate(level_benches):
         for s in stats:
-            by = s.levels.get(bench)
+            by = s.levels(bench)
             if not by:
                 continue
             lv = list(by)
-            mean_tokens = [by[x].mean_tokens for x in lv]
+            style = {**styles[s.label], "markersize": 4, "linewidth": 1.2}
+            mean_tokens = [by[x]["mean_tokens"] for x in lv]
             if None not in mean_tokens:
-                axes[row][0].plot(lv, mean_tokens, marker="o", label=s.label)
-            refl = [by[x].reflective_ratio for x in lv]
+                (line,) = axes[row][0].plot(lv, mean_tokens, label=s.label, **style)
+                handles.setdefault(s.label, line)
+            refl = [by[x]["reflective_ratio"] for x in lv]
             if None not in refl:
-                axes[row][1].plot(lv, [100 * r for r in refl], marker="o", label=s.label)
+                (line,) = axes[row][1].plot(lv, [100 * r for r in refl], label=s.label, **style)
+                handles.setdefault(s.label, line)
         axes[row][0].set_title(f"{bench}: mean tokens by level")
         axes[row][1].set_title(f"{bench}: reflective % by level")
         for ax in axes[row]:
             ax.set_xlabel("level")
             ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
     fig.tight_layout()
+    if handles:
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize=8,
+            ncols=1 if len(handles) <= 25 else 2,
+        )
     return fig
 
 
-def _plot_lengths(plt, stats: list[RunStats], reference: RunStats | None):
+def _plot_lengths(plt, stats: list[RunStats], reference: RunStats | None, chosen: str | None):
     timed = [s for s in stats if s.tokens]
     if not timed:
         return None
@@ -391,10 +486,18 @@ def _plot_lengths(plt, stats: list[RunStats], reference: RunStats | None):
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:.5em 0 1.5em}"
-    "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+    "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}"
     "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+    ".scroll{overflow-x:auto;max-width:100%}"
+    "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:.6em;"
+    "border-radius:4px;max-width:100%}"
+    "code{background:#f3f3f3;padding:0 .2em}pre code{background:none;padding:0}"
     "img{max-width:100%}"
 )
+
+
+def _json_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k != "per_level"}
 
 
 def write_report(
@@ -406,12 +509,14 @@ def write_report(
     price_per_mtok: float | None = None,
     title: str = "l2smerge report",
     notes: str | None = None,
+    chosen: str | None = None,
 ) -> dict[str, Any]:
     """Write report.md, report.html, report.json and the plots to `out_dir`; return report.json.
 
     `labels` name the runs (default: each run folder's name); `reference` is a label or path
     of one of the runs (default: the run labelled "system2", if any); `notes` is markdown
-    placed under the title (e.g. the sweep's selection)."""
+    placed under the title (e.g. the sweep's selection); `chosen` is the label of a run to
+    mark as the chosen operating point in the plot."""
     if not run_dirs:
         raise L2SError("report needs at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
@@ -435,41 +540,43 @@ def write_report(
             ),
         }
         if ref is not None:
-            shared = [b for b in s.benches if b in ref.benches]
-            if shared and None not in (s.macro_tokens(shared), ref.macro_tokens(shared)):
-                s.length_change = s.macro_tokens(shared) / ref.macro_tokens(shared) - 1
-                saved = 1000 * (ref.macro_tokens(shared) - s.macro_tokens(shared))
-                s.cost["tokens_saved_per_1000_queries"] = saved
+            _against_reference(s, ref)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(stats, ref, out)
+    plots = _plots(stats, ref, chosen, out)
     tables = _tables(stats, ref, price_per_mtok)
     timed = [s for s in stats if s.average["mean_tokens"] is not None]
     acc = [s.average["accuracy"] for s in timed]
     tok = [s.average["mean_tokens"] for s in timed]
     front = [timed[i].label for i in pareto_front(acc, tok)]
 
-    md = [f"# {title}", ""]
-    if notes:
-        md += [notes, ""]
-    md += [f"Runs: {', '.join(f'`{s.label}` ({s.path})' for s in stats)}.", ""]
     front_text = ", ".join(front) if front else "not available (no token counts)"
-    md += [f"Pareto front (accuracy vs tokens): {front_text}.", ""]
-    untimed = [s.label for s in stats if s.average["mean_tokens"] is None]
-    if untimed:
-        md += [
-            f"No token counts in {', '.join(untimed)} (a replayed run without --tokenizer): "
-            "their length and cost show as –.",
+    intro = [
+        f"Runs: {', '.join(f'`{s.label}` ({s.path})' for s in stats)}.",
+        "",
+        f"Pareto front (accuracy vs tokens): {front_text}.",
+        "",
+    ]
+    partial = [
+        f"{s.label} ({s.average['tokens_missing']} items)"
+        for s in stats
+        if s.average["tokens_missing"]
+    ]
+    if partial:
+        intro += [
+            f"No token counts for some or all items of {', '.join(partial)} (a replayed run "
+            "without --tokenizer, or a replay file with `tokens` on only some lines): their "
+            "length and cost show as –.",
             "",
         ]
+    md = [f"# {title}", "", *([notes, ""] if notes else []), *intro]
     html_parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        _markdown_html(notes) if notes else "",
+        _markdown_html("\n".join(intro)),
     ]
-    if notes:
-        html_parts.append(f"<pre>{html.escape(notes)}</pre>")
-    html_parts.append(f"<p>Pareto front (accuracy vs tokens): {html.escape(front_text)}.</p>")
     for t in tables:
         md += [_md_table(t), ""]
         html_parts.append(_html_table(t))
@@ -484,6 +591,7 @@ def write_report(
     summary = {
         "title": title,
         "reference": None if ref is None else ref.label,
+        "chosen": chosen,
         "price_per_mtok": price_per_mtok,
         "pareto_front": front,
         "runs": [
@@ -493,28 +601,8 @@ def write_report(
                 "average": s.average,
                 "length_change": s.length_change,
                 "cost": s.cost,
-                "benchmarks": {
-                    b: {
-                        "n": g.n,
-                        "accuracy": g.accuracy,
-                        "accuracy_ci95": list(g.accuracy_ci95),
-                        "mean_tokens": g.mean_tokens,
-                        "reflective_ratio": g.reflective_ratio,
-                    }
-                    for b, g in s.benches.items()
-                },
-                "levels": {
-                    b: {
-                        lv: {
-                            "n": g.n,
-                            "accuracy": g.accuracy,
-                            "mean_tokens": g.mean_tokens,
-                            "reflective_ratio": g.reflective_ratio,
-                        }
-                        for lv, g in by.items()
-                    }
-                    for b, by in s.levels.items()
-                },
+                "benchmarks": {b: _json_figures(g) for b, g in s.benches.items()},
+                "levels": {b: g["per_level"] for b, g in s.benches.items() if "per_level" in g},
             }
             for s in stats
         ],

@@ -1,5 +1,7 @@
-"""Small, exact statistics for comparing runs: Wilson intervals, exact McNemar, paired and
-stratified bootstraps, and a sign-flip test for a macro average. numpy only, always seeded."""
+"""Small, exact statistics for comparing two runs item by item: Tango's paired score interval
+for an accuracy difference, exact McNemar, paired and stratified bootstraps (for token ratios),
+and a sign-flip test for a macro average. numpy only, always seeded. Per-group figures and
+the Wilson interval live in l2smerge.eval.metrics."""
 
 from __future__ import annotations
 
@@ -8,19 +10,52 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Z95 = 1.959963984540054
+from l2smerge.eval.metrics import Z95
+
 DEFAULT_RESAMPLES = 2000
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion `correct / n` (sane at 0 and n)."""
+def paired_difference_interval(gained: int, lost: int, n: int) -> tuple[float, float]:
+    """95% Tango score interval (Tango 1998, Stat Med 17:891) for the difference of two
+    accuracies measured on the same n items, delta = acc(B) − acc(A) = (gained − lost) / n,
+    where `gained` items are right in B only and `lost` right in A only.
+
+    The interval is {d : |T(d)| <= z} for the score statistic
+        T(d) = (gained − lost − n·d) / sqrt(n·(2·q(d) + d·(1 − d))),
+    q(d) the maximum-likelihood share of "lost" items under delta = d. Unlike a bootstrap it
+    never collapses to a point: with no discordant item it is ±z²/(n + z²), the uncertainty
+    that n agreeing items leave (n = 5: ±0.43; n = 200: ±0.019). Fagerland, Lydersen & Laake
+    (2014) recommend it for paired proportions for its coverage at small n."""
     if n <= 0:
-        return (0.0, 0.0)
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+        return (-1.0, 1.0)
+    if gained < 0 or lost < 0 or gained + lost > n:
+        raise ValueError(f"need 0 <= gained + lost <= n, got {gained} + {lost} > {n}")
+    estimate = (gained - lost) / n
+
+    def score(d: float) -> float:
+        a = 2.0 * n
+        b = -gained - lost + (2.0 * n - gained + lost) * d
+        c = -lost * d * (1.0 - d)
+        q = (math.sqrt(max(b * b - 4 * a * c, 0.0)) - b) / (2 * a)
+        var = n * (2 * q + d * (1 - d))
+        num = gained - lost - n * d
+        if var <= 0:
+            return math.copysign(math.inf, num) if num else 0.0
+        return num / math.sqrt(var)
+
+    def solve(target: float, low: float, high: float) -> float:
+        # T decreases in d; bisect for T(d) = target on [low, high].
+        for _ in range(60):
+            mid = (low + high) / 2
+            if score(mid) > target:
+                low = mid
+            else:
+                high = mid
+        return (low + high) / 2
+
+    lower = -1.0 if estimate == -1 else solve(Z95, -1.0, estimate)
+    upper = 1.0 if estimate == 1 else solve(-Z95, estimate, 1.0)
+    return (lower, upper)
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

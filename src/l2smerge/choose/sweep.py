@@ -213,12 +213,7 @@ class Sweep:
             "mean_tokens": stats.average["mean_tokens"],
             "reflective_ratio": stats.average["reflective_ratio"],
             "benchmarks": {
-                b: {
-                    "n": g.n,
-                    "accuracy": g.accuracy,
-                    "mean_tokens": g.mean_tokens,
-                    "reflective_ratio": g.reflective_ratio,
-                }
+                b: {k: g[k] for k in ("n", "accuracy", "mean_tokens", "reflective_ratio")}
                 for b, g in stats.benches.items()
             },
             "vs_reference": None,

@@ -20,10 +20,12 @@ def compare_command(
     max_examples: int = typer.Option(
         10, "--max-examples", help="Discordant items shown per direction in compare.md."
     ),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples."),
+    resamples: int = typer.Option(
+        2000, "--resamples", help="Bootstrap resamples (for the token-ratio interval)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the bootstrap and permutation test."),
 ) -> None:
-    """Compare two runs item by item: accuracy delta (paired bootstrap CI, McNemar), length
+    """Compare two runs item by item: accuracy delta (Tango's paired 95% CI, McNemar), length
     ratio, reflective ratio, per level, and the items one got right and the other wrong."""
     from rich.console import Console
     from rich.table import Table

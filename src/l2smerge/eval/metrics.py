@@ -1,16 +1,24 @@
-"""Aggregate per-item verdicts into the numbers of summary.json: per benchmark, per level
-where the benchmark has levels, and a macro average over benchmarks (the study's "mean over
-the benchmarks": each benchmark weighs the same, whatever its size)."""
+"""The one place where per-item records (results.jsonl lines) become figures: per group (a
+benchmark, or one level of it), per level, and the macro average over benchmarks (the study's
+"mean over the benchmarks": each benchmark weighs the same, whatever its size). summary.json,
+`compare`, `report` and `sweep` all use these functions, so a figure is computed one way.
+
+Intervals: a proportion gets the 95% Wilson score interval; a macro mean of independent
+per-benchmark estimates gets the MOVER interval built from theirs (`macro_interval`), which
+stays sane where a normal approximation collapses (every benchmark at 0% or 100%).
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-Z95 = 1.959963984540054
-# Macro-averaged in "average"; accuracy_ci95 is not (an interval does not average).
+from l2smerge.eval.reflection import study_reflections
+
+Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+# Macro-averaged in "average" (the mean over benchmarks, when every benchmark has the figure).
 AVERAGED_FIELDS = (
     "accuracy",
     "mean_tokens",
@@ -18,72 +26,170 @@ AVERAGED_FIELDS = (
     "truncated_ratio",
     "reflective_ratio",
     "reflections_per_response",
+    "study_reflective_ratio",
 )
 
 
-def wilson_interval(correct: int, n: int) -> list[float]:
-    """95% Wilson score interval for a proportion; [0, 1] when n = 0."""
-    if n == 0:
-        return [0.0, 1.0]
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for the proportion correct / n; (0, 1) when n = 0 (no data
+    rules nothing out)."""
+    if n <= 0:
+        return (0.0, 1.0)
     p = correct / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    z2 = Z95 * Z95
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def group_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """n, accuracy (+ 95% interval), token statistics, truncation and reflection shares."""
+def macro_interval(
+    estimates: Sequence[float], intervals: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """95% interval for the unweighted mean of independent estimates, each with its own 95%
+    interval: MOVER (Zou & Donner 2008, "method of variance estimates recovery"),
+        lower = mean − sqrt(Σ (est_i − lo_i)²) / B,  upper = mean + sqrt(Σ (hi_i − est_i)²) / B.
+    With one estimate it is that estimate's interval. Each side borrows its width from the
+    same side of the inputs, so asymmetric intervals (Wilson near 0 or 1, Tango's paired
+    interval) keep their shape and a macro mean of benchmarks at 0% still gets a width."""
+    if len(estimates) != len(intervals) or not estimates:
+        raise ValueError("macro_interval needs one interval per estimate, at least one")
+    count = len(estimates)
+    mean = math.fsum(estimates) / count
+    pairs = list(zip(estimates, intervals, strict=True))
+    below = math.sqrt(math.fsum((e - lo) ** 2 for e, (lo, _) in pairs)) / count
+    above = math.sqrt(math.fsum((hi - e) ** 2 for e, (_, hi) in pairs)) / count
+    return (mean - below, mean + above)
+
+
+def level_key(level: Any) -> tuple[int, float | str]:
+    """Sort key for difficulty levels: numeric levels in numeric order ("2" before "10"),
+    then any other labels alphabetically."""
+    try:
+        return (0, float(level))
+    except (TypeError, ValueError):
+        return (1, str(level))
+
+
+def level_of(record: dict[str, Any]) -> str | None:
+    """The record's level as a string key (summary.json's `per_level` keys), or None."""
+    level = record.get("level")
+    return None if level is None or level == "" else str(level)
+
+
+def ordered_benches(names: Iterable[str]) -> list[str]:
+    """Benchmarks in a fixed order: the registry's (the study's table order), then any other
+    names alphabetically. Tables over several runs use it, never completion order."""
+    from l2smerge.eval.benchmarks import BENCHMARKS
+
+    known = list(BENCHMARKS)
+    unique = set(names)
+    return [b for b in known if b in unique] + sorted(unique - set(known))
+
+
+def _share(records: list[dict[str, Any]], key: str) -> float | None:
+    """Share of records whose flag `key` is true; None when a record lacks the flag."""
+    if not records or any(r.get(key) is None for r in records):
+        return None
+    return sum(bool(r[key]) for r in records) / len(records)
+
+
+def _mean_of(records: list[dict[str, Any]], key: str) -> float | None:
+    if not records or any(r.get(key) is None for r in records):
+        return None
+    return statistics.fmean(r[key] for r in records)
+
+
+def group_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """n, accuracy with its Wilson interval, token statistics, truncation and reflection
+    figures of one group of records.
+
+    Token statistics are over every item or nothing: when some records carry no token count
+    (a replay file with `tokens` on only some lines), mean and median are None and
+    `tokens_missing` says how many lack one, never an average over the rest.
+    Reflection: `reflective_ratio` / `reflections_per_response` are ours (whole words, see
+    eval/reflection.py); the `study_*` figures are the study's own (its code's keywords as
+    substrings), computed from each response's text, None when records carry no response."""
     n = len(records)
     correct = sum(bool(r["correct"]) for r in records)
     tokens = [r["tokens"] for r in records if r.get("tokens") is not None]
+    complete = len(tokens) == n and n > 0
+    study_counts = (
+        [study_reflections(r["response"]) for r in records]
+        if n and all(isinstance(r.get("response"), str) for r in records)
+        else None
+    )
+    reflective_counts = [c for c in study_counts or [] if c > 0]
     return {
         "n": n,
-        "accuracy": correct / n if n else 0.0,
-        "accuracy_ci95": wilson_interval(correct, n),
-        "mean_tokens": statistics.fmean(tokens) if tokens else None,
-        "median_tokens": statistics.median(tokens) if tokens else None,
-        "truncated_ratio": sum(bool(r["truncated"]) for r in records) / n if n else 0.0,
-        "reflective_ratio": sum(bool(r["reflective"]) for r in records) / n if n else 0.0,
-        "reflections_per_response": sum(r["reflections"] for r in records) / n if n else 0.0,
+        "accuracy": correct / n if n else None,
+        "accuracy_ci95": list(wilson_interval(correct, n)),
+        "mean_tokens": statistics.fmean(tokens) if complete else None,
+        "median_tokens": statistics.median(tokens) if complete else None,
+        "tokens_missing": n - len(tokens),
+        "truncated_ratio": _share(records, "truncated"),
+        "reflective_ratio": _share(records, "reflective"),
+        "reflections_per_response": _mean_of(records, "reflections"),
+        "study_reflective_ratio": (None if study_counts is None else len(reflective_counts) / n),
+        "study_reflections_per_reflective": (
+            statistics.fmean(reflective_counts) if reflective_counts else None
+        ),
     }
 
 
-def _level_key(level: Any) -> str:
-    return str(level)
-
-
-def bench_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """`group_metrics` plus `per_level` when any record carries a level."""
-    out = group_metrics(records)
-    levelled = [r for r in records if r.get("level") is not None]
-    if levelled:
-        levels = sorted({r["level"] for r in levelled}, key=lambda v: (str(type(v)), v))
-        out["per_level"] = {
-            _level_key(level): group_metrics([r for r in levelled if r["level"] == level])
-            for level in levels
-        }
+def bench_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`group_figures` plus `per_level` (in level order) when any record carries a level."""
+    out = group_figures(records)
+    by_level: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if (level := level_of(r)) is not None:
+            by_level.setdefault(level, []).append(r)
+    if by_level:
+        levels = sorted(by_level, key=level_key)
+        out["per_level"] = {lv: group_figures(by_level[lv]) for lv in levels}
     return out
 
 
 def macro_average(per_bench: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Unweighted mean over benchmarks of each field in AVERAGED_FIELDS."""
+    """Unweighted mean over benchmarks of each field in AVERAGED_FIELDS (None unless every
+    benchmark has it), the accuracy's MOVER interval, and the total n."""
     out: dict[str, Any] = {
         "benchmarks": len(per_bench),
         "n": sum(m["n"] for m in per_bench.values()),
     }
     for name in AVERAGED_FIELDS:
-        values = [m[name] for m in per_bench.values() if m.get(name) is not None]
-        out[name] = statistics.fmean(values) if values and len(values) == len(per_bench) else None
+        values = [m.get(name) for m in per_bench.values()]
+        out[name] = statistics.fmean(values) if values and None not in values else None
+    if out["accuracy"] is not None:
+        out["accuracy_ci95"] = list(
+            macro_interval(
+                [m["accuracy"] for m in per_bench.values()],
+                [m["accuracy_ci95"] for m in per_bench.values()],
+            )
+        )
+    else:
+        out["accuracy_ci95"] = None
+    out["tokens_missing"] = sum(m["tokens_missing"] for m in per_bench.values())
     return out
+
+
+def figures_by_bench(
+    records: Iterable[dict[str, Any]], order: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`bench_figures` per benchmark, in `order` (default: `ordered_benches`); benchmarks
+    without records are left out."""
+    by_bench: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_bench.setdefault(record["bench"], []).append(record)
+    names = ordered_benches(by_bench) if order is None else [b for b in order if b in by_bench]
+    names += [b for b in by_bench if b not in names]
+    return {b: bench_figures(by_bench[b]) for b in names}
 
 
 def summarize(
     model: str, records: Iterable[dict[str, Any]], bench_order: list[str], **fields: Any
 ) -> dict[str, Any]:
-    """The summary.json document for `records` (results.jsonl lines)."""
-    by_bench: dict[str, list[dict[str, Any]]] = {b: [] for b in bench_order}
-    for record in records:
-        by_bench.setdefault(record["bench"], []).append(record)
-    per_bench = {b: bench_metrics(rs) for b, rs in by_bench.items() if rs}
+    """The summary.json document for `records` (results.jsonl lines), benchmarks in
+    `bench_order` (the order the run was asked for)."""
+    per_bench = figures_by_bench(records, bench_order)
     return {"model": model, **fields, "benchmarks": per_bench, "average": macro_average(per_bench)}
