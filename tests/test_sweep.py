@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,16 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     assert pareto["front"] and set(pareto["front"]) <= {r["id"] for r in records}
     assert pareto["reference"]["label"] == "system2"
     selection = json.loads((out / "selection.json").read_text())
-    assert selection["rule"] == "shortest_not_worse"
-    # two items cannot make any point significantly worse, so the shortest is chosen
-    shortest = min(records, key=lambda r: (r["mean_tokens"], -r["accuracy"]))
-    assert selection["chosen"] == shortest["id"]
+    assert selection["rule"] == "shortest_noninferior"
+    # two items cannot show any point within 2 points of the reference: nothing is chosen,
+    # and the rule says why and how many items it would take
+    assert selection["chosen"] is None and selection["eligible"] == []
+    assert (
+        "no merge is shown within 2.0 points on 2 items; evaluate more items"
+        in (selection["lines"][-1])
+    )
+    assert selection["items_needed_per_benchmark"] == 189
+    assert not (out / "chosen").exists()
     assert (out / "reference" / "system2" / "results.jsonl").exists()
     assert (out / "report" / "report.html").exists()
     system1 = json.loads((out / "baselines" / "system1" / "run.json").read_text())
@@ -108,9 +115,35 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     assert report["reference"] == "system2"
     assert result["selection"]["chosen"] == selection["chosen"]
 
+    # A wide margin (selection may change between runs) lets the shortest point in; its
+    # checkpoint is kept in chosen/ although keep_models is false, and loads in transformers.
     calls.clear()
+    wide = run_sweep(_spec(pair, data_dir), out, progress=False, margin=99)
+    assert calls == []  # a finished sweep merges and evaluates nothing again ...
+    shortest = min(records, key=lambda r: (r["mean_tokens"], -r["accuracy"]))
+    assert wide["selection"]["chosen"] == shortest["id"]
+    chosen = out / "chosen"
+    assert wide["chosen"] == str(chosen)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(chosen).config.hidden_size == 16
+    card = (chosen / "README.md").read_text()
+    assert "## Evaluation" in card and shortest["label"] in card and "```python" in card
+    assert "https://arxiv.org/abs/" in card  # the method's paper
+    assert yaml.safe_load((chosen / "merge.yaml").read_text())["method"] == shortest["method"]
+    assert json.loads((chosen / "sweep_point.json").read_text())["id"] == shortest["id"]
+    assert not any((out / "points" / r["id"] / "model").exists() for r in records)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["chosen"] == shortest["label"]
+    html_page = (out / "report" / "report.html").read_text()
+    assert "```" not in html_page and "<pre><code>" in html_page  # the rule, not raw markdown
+
+    # the chosen checkpoint is the evaluated one: same bytes as a fresh merge of the recipe
+    again = run_sweep(_spec(pair, data_dir), out, progress=False, margin=99)
+    assert calls == [] and again["selection"]["chosen"] == shortest["id"]
+    # back to the default margin: nothing chosen, so chosen/ goes
     run_sweep(_spec(pair, data_dir), out, progress=False)
-    assert calls == []  # a finished sweep does nothing again
+    assert calls == [] and not chosen.exists()
 
     # dropping a point from the file: it stays recorded but leaves the front and selection
     fewer = run_sweep(_spec(pair, data_dir, points=[]), out, progress=False)
@@ -119,7 +152,7 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     # other evaluation settings are refused instead of mixed into one front
     changed = _spec(pair, data_dir)
     changed["eval"]["limit"] = 3
-    with pytest.raises(L2SError, match="different eval"):
+    with pytest.raises(L2SError, match=r"holds results of a sweep with eval.limit = 2, not 3;"):
         run_sweep(changed, out, progress=False)
 
 
@@ -146,38 +179,119 @@ def test_keep_models_and_a_calibrated_preset(pair, data_dir, tmp_path):
     assert result["selection"]["rule"] == "most_accurate"
 
 
-def test_selection_rule_numbers():
-    def point(pid, acc, tokens, delta, p):
-        return {
-            "id": pid,
-            "label": pid,
-            "accuracy": acc,
-            "mean_tokens": tokens,
-            "vs_reference": {
-                "delta": delta,
-                "p_value": p,
-                "delta_ci95": [delta - 0.1, delta + 0.1],
-                "n": 100,
-                "tokens_ratio": tokens / 1000,
-                "reference_accuracy": acc - delta,
-            },
-        }
+def _point(pid, tokens, lost, gained, n, *, benches=None):
+    """A points.jsonl record against a reference that is right on `n - lost` of n items
+    (one benchmark unless `benches` gives {bench: (lost, gained, n)})."""
+    from l2smerge.choose.stats import paired_difference_interval
+    from l2smerge.eval.metrics import macro_interval
 
+    benches = benches or {"gsm8k": (lost, gained, n)}
+    per = {}
+    for bench, (lo_, ga, nn) in benches.items():
+        per[bench] = {
+            "n": nn,
+            "delta": (ga - lo_) / nn,
+            "delta_ci95": list(paired_difference_interval(ga, lo_, nn)),
+        }
+    deltas = [b["delta"] for b in per.values()]
+    ci = macro_interval(deltas, [b["delta_ci95"] for b in per.values()])
+    reference_accuracy = 0.9
+    delta = sum(deltas) / len(deltas)
+    return {
+        "id": pid,
+        "label": pid,
+        "accuracy": reference_accuracy + delta,
+        "mean_tokens": tokens,
+        "vs_reference": {
+            "n": sum(b["n"] for b in per.values()),
+            "delta": delta,
+            "delta_ci95": list(ci),
+            "p_value": 1.0,
+            "tokens_ratio": tokens / 1000,
+            "reference_accuracy": reference_accuracy,
+            "point_accuracy": reference_accuracy + delta,
+            "benchmarks": per,
+        },
+    }
+
+
+def test_non_inferiority_rejects_the_issues_small_samples():
+    # issue 17: --limit 5 chose ties@7b at 20% against the reference's 100% (-80 points)
+    five = choose([_point("ties@7b", 100, lost=4, gained=0, n=5)], has_reference=True)
+    assert five["chosen"] is None and five["rejected"] == ["ties@7b"]
+    assert "lower bound -96.4 <= −2.0" in five["lines"][1]
+    assert five["lines"][-1].startswith(
+        "chosen: none; no merge is shown within 2.0 points on 5 items; evaluate more items"
+    )
+    # n = 2, average@7b at -50 points
+    two = choose([_point("average@7b", 100, lost=1, gained=0, n=2)], has_reference=True)
+    assert two["chosen"] is None and "on 2 items" in two["lines"][-1]
+    # even a perfect tie is not shown within 2 points on 10 items (the interval says so)
+    tie = choose([_point("tie", 100, lost=0, gained=0, n=10)], has_reference=True)
+    assert tie["chosen"] is None and tie["tie_lower_bound"] == pytest.approx(-0.2775, abs=1e-4)
+    # ... but it is on 200
+    assert choose([_point("tie", 100, 0, 0, 200)], has_reference=True)["chosen"] == "tie"
+
+
+def test_non_inferiority_picks_the_shortest_eligible_point():
     pts = [
-        point("short-but-worse", 0.40, 300, -0.15, 0.001),
-        point("short-ok", 0.52, 450, -0.03, 0.30),
-        point("long-better", 0.58, 700, 0.03, 0.40),
+        _point("short-but-worse", 300, lost=30, gained=5, n=500),  # -5 points
+        _point("short-ok", 450, lost=6, gained=10, n=500),  # +0.8, shown within 2
+        _point("long-better", 700, lost=2, gained=20, n=500),
     ]
     sel = choose(pts, has_reference=True)
     assert sel["chosen"] == "short-ok"
-    assert sel["rejected"] == ["short-but-worse"]
-    assert any("p < 0.05" in line for line in sel["lines"])
-    assert "chosen: short-ok: accuracy 52.0% against 55.0%" in sel["lines"][-1]
+    assert sel["rejected"] == ["short-but-worse"] and set(sel["eligible"]) == {
+        "short-ok",
+        "long-better",
+    }
+    assert (
+        "rule: shortest_noninferior:" in sel["lines"][0] and "above −2.0 points" in sel["lines"][0]
+    )
+    assert sel["lines"][-1].startswith("chosen: short-ok: accuracy 90.8% against 90.0%")
     assert "-55.0% length" in sel["lines"][-1]
-    assert choose(pts, has_reference=True, alpha=0.0001)["chosen"] == "short-but-worse"
+    assert sel["margin"] == 2.0
+    # a wider margin admits the shorter point; a narrower one nobody
+    assert choose(pts, has_reference=True, margin=10)["chosen"] == "short-but-worse"
+    narrow = choose(pts[:2], has_reference=True, margin=0.8)
+    assert narrow["chosen"] is None and "closest" in narrow["lines"][-1]
     assert choose(pts, rule="most_accurate", has_reference=True)["chosen"] == "long-better"
     with pytest.raises(L2SError, match="needs a reference"):
-        choose(pts, rule="shortest_not_worse", has_reference=False)
+        choose(pts, rule="shortest_noninferior", has_reference=False)
+
+
+def test_benchmark_guard_rejects_a_collapse_hidden_by_the_macro_average():
+    hidden = _point(
+        "hides-a-drop",
+        100,
+        0,
+        0,
+        0,
+        benches={"gsm8k": (0, 80, 1000), "math500": (0, 80, 1000), "aime24": (120, 0, 1000)},
+    )
+    fine = _point("fine", 200, 0, 0, 0, benches={b: (1, 1, 1000) for b in ("gsm8k", "aime24")})
+    assert hidden["vs_reference"]["delta"] > 0  # the macro average gains
+    assert choose([hidden, fine], has_reference=True)["chosen"] == "hides-a-drop"
+    guarded = choose([hidden, fine], has_reference=True, benchmark_margin=10)
+    assert guarded["chosen"] == "fine"
+    assert "aime24 drops 12.0 > 10.0 pts" in guarded["lines"][1]
+
+
+def test_selection_settings_in_the_sweep_file(tmp_path):
+    spec = {
+        "models": ["a"],
+        "points": [{"method": "average"}],
+        "eval": {"benches": ["gsm8k"]},
+        "reference": {"run": "r"},
+    }
+    parsed = parse_sweep({**spec, "selection": {"margin": 5, "benchmark_margin": 10}}, tmp_path)
+    assert parsed.selection.margin == 5 and parsed.selection.benchmark_margin == 10
+    with pytest.raises(L2SError, match="selection: alpha: the rule no longer uses a p-value"):
+        parse_sweep({**spec, "selection": {"alpha": 0.05}}, tmp_path)
+    with pytest.raises(L2SError, match="shortest_not_worse was replaced by shortest_noninferior"):
+        parse_sweep({**spec, "selection": {"rule": "shortest_not_worse"}}, tmp_path)
+    with pytest.raises(L2SError, match="selection.margin"):
+        parse_sweep({**spec, "selection": {"margin": 0}}, tmp_path)
 
 
 def test_grid_expansion_and_bad_keys(tmp_path):
@@ -190,11 +304,17 @@ def test_grid_expansion_and_bad_keys(tmp_path):
     }
     parsed = parse_sweep(spec, tmp_path / "SWEEP.yaml")
     points = expand_points(parsed)
-    # 1 preset + 1 listed + 4 grid, minus the grid's copy of the listed point
-    assert len(points) == 5
+    # 1 preset + 1 listed + 4 grid: ties@7b, the listed point and the grid's ties alpha 1.0
+    # density 0.2 are one merge, run once under its first spelling
+    assert len(points) == 4
+    assert [p.label for p in points][0] == "ties@7b"
     assert parsed.models[0] == (tmp_path / "a").resolve()
     assert parsed.eval.benches == ["gsm8k", "math500"]
-    assert len({p.id for p in points}) == 5
+    assert len({p.id for p in points}) == 4
+    # alpha: 1 and alpha: 1.0 are one point too
+    ints = [{"method": "ties", "alpha": 1, "density": 0.2}]
+    one = parse_sweep({**spec, "grid": [], "points": ints}, tmp_path)
+    assert expand_points(one)[0].id == points[0].id
 
     def bad(change: dict, match: str):
         with pytest.raises(L2SError, match=match):
@@ -213,7 +333,9 @@ def test_grid_expansion_and_bad_keys(tmp_path):
     bad({"selection": {"rule": "best"}}, r"selection.rule")
     bad({"merge": {"dtyp": "float32"}}, r"merge.dtyp: unknown key \(known: .*dtype")
     bad({"merge": {"method": "ties"}}, r"merge.method: set it per point")
-    bad({"selection": {"rule": "shortest_not_worse"}}, r"selection.rule: shortest_not_worse needs")
+    bad(
+        {"selection": {"rule": "shortest_noninferior"}}, r"selection.rule: shortest_noninferior nee"
+    )
 
 
 def test_cli_bad_sweep_file_names_key(tmp_path):
@@ -317,13 +439,12 @@ def test_sweep_over_the_lab_pair(tmp_path):
     assert front
     by_id = {r["id"]: r for r in records}
     chosen = result["selection"]["chosen"]
-    if chosen is not None:  # the rule's own definition, checked against the records
+    for r in records:  # the rule's own definition, checked against the records
+        eligible = r["id"] in result["selection"]["eligible"]
+        assert eligible == (r["vs_reference"]["delta_ci95"][0] > -0.02)
+    if chosen is not None:
         eligible = [by_id[i] for i in result["selection"]["eligible"]]
         assert by_id[chosen]["mean_tokens"] == min(r["mean_tokens"] for r in eligible)
-        assert not (
-            by_id[chosen]["vs_reference"]["delta"] < 0
-            and by_id[chosen]["vs_reference"]["p_value"] < 0.05
-        )
 
 
 def test_a_failing_point_is_named(pair, data_dir, tmp_path):
@@ -365,3 +486,96 @@ def test_cli_ray_option_forms(args, ray_address, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["sweep", *args])
     assert result.exit_code == 0, result.output
     assert seen == [("S.yaml", ray_address)]
+
+
+def test_a_sweep_that_failed_before_any_result_locks_nothing(pair, data_dir, tmp_path):
+    out = tmp_path / "s"
+    missing = {"model": str(tmp_path / "no-such-model"), "label": "system2"}
+    with pytest.raises(L2SError):
+        run_sweep(_spec(pair, data_dir, reference=missing), out, progress=False)
+    assert (out / "sweep.json").exists()
+    # the corrected rerun, with other evaluation settings too, runs in the same folder
+    fixed = _spec(pair, data_dir, grid=[], report=False)
+    fixed["eval"]["limit"] = 1
+    result = run_sweep(fixed, out, progress=False)
+    assert len(result["points"]) == 1 and result["points"][0]["vs_reference"]["n"] == 1
+    assert json.loads((out / "sweep.json").read_text())["eval"]["limit"] == 1
+
+
+def test_export_writes_any_point_with_a_portable_recipe(pair, data_dir, tmp_path, monkeypatch):
+    """A sweep file with relative model paths: the exported recipe keeps them relative (to its
+    own folder) and reruns to the same bytes; a point is named by label or id prefix."""
+    from typer.testing import CliRunner
+
+    from l2smerge.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    rel = {k: os.path.relpath(v, project) for k, v in pair.items()}
+    spec = _spec(pair, data_dir, points=[], report=False)
+    spec.update(base=rel["system1"], models=[rel["system1"], rel["system2"]])
+    (project / "SWEEP.yaml").write_text(yaml.safe_dump(spec))
+    result = run_sweep(project / "SWEEP.yaml", "sweep", progress=False)
+    assert result["selection"]["chosen"] is None  # 2 items: nothing shown non-inferior
+    record = next(r for r in result["points"] if r["label"] == "task_arithmetic(alpha=0.5)")
+
+    out = CliRunner().invoke(app, ["export", "sweep", "task_arithmetic(alpha=0.5)", "-o", "ta"])
+    assert out.exit_code == 0, out.output
+    recipe = yaml.safe_load((tmp_path / "ta" / "merge.yaml").read_text())
+    assert recipe["base"] == os.path.relpath(pair["system1"], tmp_path / "ta")
+    assert not os.path.isabs(recipe["models"][1])
+    card = (tmp_path / "ta" / "README.md").read_text()
+    assert "task_arithmetic(alpha=0.5)" in card and "Editing Models with Task Arithmetic" in card
+    assert 'from_pretrained("ta"' in card  # the usage snippet names the folder as given
+
+    from l2smerge.merge.config import MergeConfig
+    from l2smerge.merge.executor import run_merge
+
+    rerun = run_merge(MergeConfig.from_yaml(tmp_path / "ta" / "merge.yaml"), tmp_path / "again")
+    assert (rerun / "model.safetensors").read_bytes() == (
+        tmp_path / "ta" / "model.safetensors"
+    ).read_bytes()
+
+    def fails(args: list[str], message: str) -> None:
+        result = CliRunner().invoke(app, ["export", *args])
+        assert isinstance(result.exception, L2SError) and message in str(result.exception)
+
+    fails(["sweep", record["id"][:-3], "-o", "ta"], "ta: already exists")  # an id prefix
+    fails(["sweep", "-o", "x"], "the sweep chose no point")
+    fails(["sweep", "nope", "-o", "x"], "no point 'nope'")
+    fails(["project", "-o", "x"], "not a sweep folder")
+    assert not (tmp_path / "x").exists()
+    forced = CliRunner().invoke(app, ["export", "sweep", record["id"][:-3], "-o", "ta", "--force"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_export_refuses_inputs_changed_since_the_evaluation(pair, data_dir, tmp_path):
+    import shutil
+
+    from l2smerge.choose.ship import export_point
+
+    models = tmp_path / "models"
+    shutil.copytree(pair["system1"], models / "system1")
+    shutil.copytree(pair["system2"], models / "system2")
+    local = {k: models / k for k in pair}
+    spec = _spec(local, data_dir, points=[], report=False, grid=[{"method": "average"}])
+    run_sweep(spec, tmp_path / "s", progress=False)
+    tiny = make_tiny_model(tmp_path / "changed", base=pair["system1"], seed=5, noise=0.05)
+    shutil.rmtree(models / "system2")
+    shutil.copytree(tiny, models / "system2")
+    with pytest.raises(L2SError, match="model 2 input.* changed since point average"):
+        export_point(tmp_path / "s", "average", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_search_progress_counts_each_trial_once(pair, data_dir, tmp_path):
+    pytest.importorskip("optuna")
+    from rich.console import Console
+
+    search = {"method": "task_arithmetic", "params": {"alpha": [0.2, 1.2]}, "trials": 2, "seed": 3}
+    spec = _spec(pair, data_dir, grid=[], points=[], search=search, report=False)
+    console = Console(record=True, width=200)
+    run_sweep(spec, tmp_path / "s", progress=False, console=console)
+    text = console.export_text()
+    assert "[1/2]" in text and "[2/2]" in text and "[3/2]" not in text

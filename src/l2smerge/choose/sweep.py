@@ -1,5 +1,6 @@
 """`l2smerge sweep SWEEP.yaml -o DIR`: merge and evaluate every point of a sweep, find the
-accuracy/length Pareto front and choose the operating point by a stated rule.
+accuracy/length Pareto front, choose the operating point by a stated rule (selection.py) and
+keep its checkpoint (ship.py).
 
 DIR layout (every file written atomically):
     points.jsonl            one line per finished point (rewritten as each point finishes)
@@ -9,6 +10,8 @@ DIR layout (every file written atomically):
     baselines/<label>/      other runs for the report (e.g. System 1)
     points/<id>/run/        each point's run directory (results.jsonl + summary.json)
     points/<id>/model/      its merged checkpoint, deleted after evaluation unless keep_models
+    points/<id>/l2smerge.json  the evaluated checkpoint's provenance (input fingerprints)
+    chosen/                 the chosen point's checkpoint, recipe and model card, always kept
     report/                 l2smerge report over reference, baselines and points
 
 Resuming: a point already in points.jsonl is skipped; a point whose run finished but was not
@@ -23,26 +26,65 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from l2smerge.choose.compare import compare_runs
 from l2smerge.choose.pareto import pareto_front
 from l2smerge.choose.report import summarise, write_report
 from l2smerge.choose.selection import choose
+from l2smerge.choose.ship import write_chosen
 from l2smerge.choose.sweep_spec import (
     Point,
     RunSource,
+    SelectionSpec,
     SweepSpec,
     expand_points,
     load_sweep,
+    merge_config,
     parse_sweep,
 )
-from l2smerge.eval.runs import load_run
+from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic
 from l2smerge.util.errors import L2SError
 
 POINTS_FILE = "points.jsonl"
+PROVENANCE = "l2smerge.json"
 COMPARE_RESAMPLES = 1000
+
+
+# ------------------------------------------------------------------ run folders
+
+
+def has_results(run_dir: Path) -> bool:
+    """Whether a run folder holds any graded item."""
+    results = run_dir / "results.jsonl"
+    return results.is_file() and results.stat().st_size > 0
+
+
+def clear_failed_run(run_dir: Path) -> None:
+    """Remove a run folder of this sweep that holds no result (an evaluation that failed
+    before its first item: a bad model path, a backend error), so that what it recorded
+    (run.json) cannot refuse the corrected rerun. A folder with results is kept: it resumes."""
+    if run_dir.is_dir() and not has_results(run_dir):
+        shutil.rmtree(run_dir)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [d for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+
+
+def _first_difference(before: Any, after: Any, where: str) -> tuple[str, Any, Any]:
+    """The first key path at which two sweep settings differ, e.g. ("eval.limit", 2, 3)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in [*before, *(k for k in after if k not in before)]:
+            if before.get(key) != after.get(key):
+                return _first_difference(before.get(key), after.get(key), f"{where}.{key}")
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            if b != a:
+                return _first_difference(b, a, f"{where}[{i}]")
+    return where, before, after
 
 
 # ------------------------------------------------------------------ one point (also a Ray task)
@@ -54,7 +96,6 @@ def merge_and_evaluate(
     """Merge one point into point_dir/model, evaluate it into point_dir/run, delete the model
     unless keep_models. Plain-data arguments so that it runs unchanged as a Ray task."""
     from l2smerge.eval import evaluate
-    from l2smerge.merge.config import MergeConfig
     from l2smerge.merge.executor import run_merge
 
     spec = SweepSpec.model_validate(spec_data)
@@ -62,25 +103,19 @@ def merge_and_evaluate(
     model_dir, run_dir = folder / "model", folder / "run"
     timings = {"merge_seconds": 0.0, "eval_seconds": 0.0}
     if not (run_dir / "summary.json").is_file():
+        clear_failed_run(run_dir)
         if not (model_dir / "l2smerge.json").is_file():
             if model_dir.exists():  # left by an interrupted merge of this very point
                 shutil.rmtree(model_dir)
-            config = MergeConfig.build(
-                method=point_key["method"],
-                models=spec.models,
-                base=spec.base,
-                parameters=point_key["parameters"],
-                preset=point_key["preset"],
-                # on=None would stop a preset from setting its inner method (aim_ties@7b)
-                **({"on": point_key["on"]} if point_key["on"] else {}),
-                **spec.merge,
-            )
+            config = merge_config(spec, point_key)
             start = time.perf_counter()
             run_merge(config, model_dir, progress=progress)
             timings["merge_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         _evaluate(evaluate, spec, model_dir, run_dir, progress=progress)
         timings["eval_seconds"] = time.perf_counter() - start
+    if (model_dir / PROVENANCE).is_file():  # kept beside the run: export checks against it
+        shutil.copyfile(model_dir / PROVENANCE, folder / PROVENANCE)
     if not spec.keep_models and model_dir.exists():
         shutil.rmtree(model_dir)
     return {
@@ -108,6 +143,26 @@ def _evaluate(
     )
     kwargs.update({k: v for k, v in override.items() if v is not None})
     return evaluate(str(model), e.benches, **kwargs)
+
+
+def vs_reference(reference: Run, run: Run) -> dict[str, Any]:
+    """What the selection rule needs about a point against the reference, on the items both
+    evaluated: macro delta with its interval, per-benchmark deltas, length ratio."""
+    cmp = compare_runs(reference, run, resamples=COMPARE_RESAMPLES)
+    avg = cmp["average"]
+    return {
+        "n": avg["n"],
+        "delta": avg["delta"],
+        "delta_ci95": avg["delta_ci95"],
+        "p_value": avg["p_value"],
+        "tokens_ratio": avg["tokens_ratio"],
+        "tokens_ratio_ci95": avg["tokens_ratio_ci95"],
+        "reference_accuracy": avg["accuracy_a"],
+        "point_accuracy": avg["accuracy_b"],
+        "benchmarks": {
+            b: {k: c[k] for k in ("n", "delta", "delta_ci95")} for b, c in cmp["benchmarks"].items()
+        },
+    }
 
 
 # ------------------------------------------------------------------ the sweep
@@ -151,8 +206,10 @@ class Sweep:
         write_jsonl_atomic(self.out / POINTS_FILE, self.records.values())
 
     def _check_same_setup(self) -> None:
-        """Rerunning into DIR resumes only the same models and evaluation: results measured
-        under other settings must not be mixed into one front."""
+        """Rerunning into DIR resumes only the same setup, so that results measured under
+        other settings are never mixed into one front: base, models and merge must match
+        once any point has results, eval once any run (point, reference, baseline) has. A
+        sweep that failed before producing results locks nothing: its sweep.json is replaced."""
         path = self.out / "sweep.json"
         if not path.is_file():
             return
@@ -162,12 +219,21 @@ class Sweep:
             raise L2SError(
                 f"{path}: not valid JSON; remove it to start this sweep afresh"
             ) from None
+        point_results = bool(self.records) or any(
+            has_results(d / "run") for d in _subfolders(self.out / "points")
+        )
+        source_results = any(
+            has_results(d) for f in ("reference", "baselines") for d in _subfolders(self.out / f)
+        )
+        keys = ["base", "models", "merge"] if point_results else []
+        keys += ["eval"] if point_results or source_results else []
         now = self.spec.model_dump(mode="json")
-        for key in ("base", "models", "merge", "eval"):
+        for key in keys:
             if key in earlier and earlier[key] != now[key]:
+                where, before, after = _first_difference(earlier[key], now[key], key)
                 raise L2SError(
-                    f"{self.out} holds a sweep with different {key}: {earlier[key]!r}, not "
-                    f"{now[key]!r}; use another -o to keep both (points, grid, search, "
+                    f"{self.out} holds results of a sweep with {where} = {before!r}, not "
+                    f"{after!r}; use another -o to keep both (points, grid, search, "
                     "selection and report may change between runs)"
                 )
 
@@ -180,6 +246,7 @@ class Sweep:
 
         run_dir = self.out / folder / source.name
         if not (run_dir / "summary.json").is_file():
+            clear_failed_run(run_dir)
             self.console.rule(f"evaluating {folder} {source.name}")
             _evaluate(
                 evaluate,
@@ -221,22 +288,7 @@ class Sweep:
             "eval_seconds": outcome.get("eval_seconds", 0.0),
         }
         if self.reference_run is not None:
-            cmp = compare_runs(self.reference_run, run, resamples=COMPARE_RESAMPLES)["average"]
-            record["vs_reference"] = {
-                k: cmp[k]
-                for k in (
-                    "n",
-                    "delta",
-                    "delta_ci95",
-                    "p_value",
-                    "tokens_ratio",
-                    "tokens_ratio_ci95",
-                    "accuracy_a",
-                    "accuracy_b",
-                )
-            }
-            record["vs_reference"]["reference_accuracy"] = record["vs_reference"].pop("accuracy_a")
-            record["vs_reference"]["point_accuracy"] = record["vs_reference"].pop("accuracy_b")
+            record["vs_reference"] = vs_reference(self.reference_run, run)
         return record
 
     def _point_dir(self, point: Point) -> Path:
@@ -252,7 +304,8 @@ class Sweep:
         )
         if record["vs_reference"]:
             v = record["vs_reference"]
-            line += f", delta {100 * v['delta']:+.1f} pts (p = {v['p_value']:.3g})"
+            lo, hi = v["delta_ci95"]
+            line += f", delta {100 * v['delta']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         line += f" [merge {record['merge_seconds']:.0f}s, eval {record['eval_seconds']:.0f}s]"
         self.console.print(line)
         return record
@@ -330,8 +383,8 @@ class Sweep:
         if finished:
             self.console.print(f"search: {len(finished)} of {total} trials already finished")
         while engine.remaining:
+            index = total - engine.remaining + 1  # before ask(), which counts the new trial
             trial, point = engine.ask()
-            index = total - engine.remaining + 1
             if point.id in self.records:  # the sampler proposed a point we already have
                 engine.tell(trial, self.records[point.id])
                 continue
@@ -384,11 +437,18 @@ class Sweep:
                 f"{len(self.records) - len(records)} point(s) in {POINTS_FILE} are not in this "
                 "sweep file; they stay recorded but are left out of the front and the selection"
             )
+        if self.reference_run is not None:
+            # Every point against the current reference, by the current definitions (points
+            # recorded by an earlier run may have been compared to another reference).
+            for r in records:
+                r["vs_reference"] = vs_reference(self.reference_run, load_run(r["run_dir"]))
+            self._save_points()
         pareto = self._pareto(records)
         selection = choose(
             records,
             rule=self.spec.selection.rule,
-            alpha=self.spec.selection.alpha,
+            margin=self.spec.selection.margin,
+            benchmark_margin=self.spec.selection.benchmark_margin,
             has_reference=self.reference_run is not None,
         )
         write_json_atomic(self.out / "pareto.json", pareto)
@@ -402,12 +462,24 @@ class Sweep:
         front = {p["id"]: p["label"] for p in pareto["points"]}
         self.console.print(f"Pareto front: {', '.join(front[i] for i in pareto['front'])}")
         for line in selection["lines"]:
-            self.console.print(line)
+            self.console.print(line, highlight=False)
+        chosen = next((r for r in records if r["id"] == selection["chosen"]), None)
+        chosen_dir = write_chosen(
+            self.out,
+            self.spec,
+            chosen,
+            selection=selection,
+            reference=pareto["reference"],
+            progress=self.progress,
+        )
+        if chosen_dir is not None:
+            self.console.print(f"chosen checkpoint: {chosen_dir}")
         result = {
             "points": records,
             "pareto": pareto,
             "selection": selection,
             "reference": None if reference_dir is None else str(reference_dir),
+            "chosen": None if chosen_dir is None else str(chosen_dir),
             "report": None,
         }
         if self.spec.report and records:
@@ -425,7 +497,10 @@ class Sweep:
                 labels=labels,
                 reference=None if reference_dir is None else self.spec.reference.name,
                 title="l2smerge sweep",
-                notes="\n".join(["Operating point selection:", *selection["lines"]]),
+                notes="\n".join(
+                    ["Operating point selection:", "", "```", *selection["lines"], "```"]
+                ),
+                chosen=None if chosen is None else chosen["label"],
             )
             result["report"] = str(self.out / "report")
             self.console.print(f"report: {self.out / 'report' / 'report.html'}")
@@ -467,16 +542,28 @@ def run_sweep(
     progress: bool = True,
     ray_address: str | None = None,
     console: Console | None = None,
+    margin: float | None = None,
+    benchmark_margin: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep. `spec`: a SweepSpec, a dict in the SWEEP.yaml format (relative
     paths from the current folder) or the path of a SWEEP.yaml. `ray_address`: None runs the
     points here one after another; "local" starts a local Ray instance; "auto" or
-    "ray://host:port" joins a cluster. Returns {"points", "pareto", "selection",
-    "reference", "report"}."""
+    "ray://host:port" joins a cluster. `margin` / `benchmark_margin` (points of accuracy)
+    override the file's selection settings. Returns {"points", "pareto", "selection",
+    "reference", "chosen", "report"}."""
     if isinstance(spec, (str, Path)):
         spec = load_sweep(spec)
     elif isinstance(spec, dict):
         spec = parse_sweep(spec, Path.cwd() / "sweep")
+    overrides = {"margin": margin, "benchmark_margin": benchmark_margin}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        try:
+            selection = SelectionSpec.model_validate({**spec.selection.model_dump(), **overrides})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise L2SError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        spec = spec.model_copy(update={"selection": selection})
     return Sweep(
         spec, Path(out_dir), progress=progress, ray_address=ray_address, console=console
     ).run()

@@ -15,7 +15,7 @@ search:                           # ... and/or an adaptive search (needs `pip in
 eval: {benches: [gsm8k, math500], backend: hf, limit: 100, max_tokens: 4096}
 reference: {model: models/system2, label: system2}   # or {run: runs/system2}
 baselines: [{model: models/system1, label: system1}]
-selection: {rule: shortest_not_worse, alpha: 0.05}
+selection: {rule: shortest_noninferior, margin: 2}   # margin in points of accuracy
 keep_models: false
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from l2smerge.util.errors import L2SError
 
@@ -90,8 +90,29 @@ class SearchSpec(_Strict):
 
 
 class SelectionSpec(_Strict):
-    rule: Literal["auto", "shortest_not_worse", "most_accurate"] = "auto"
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    """How the operating point is chosen (l2smerge.choose.selection). Margins are in points
+    of accuracy: margin 2 means "shown to lose less than 2 points"."""
+
+    rule: Literal["auto", "shortest_noninferior", "most_accurate"] = "auto"
+    margin: float = Field(default=2.0, gt=0, lt=100)
+    benchmark_margin: float | None = Field(default=None, gt=0, le=100)  # None: no guard
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("rule") == "shortest_not_worse":
+                raise ValueError(
+                    "rule: shortest_not_worse was replaced by shortest_noninferior (a point "
+                    "must be shown within a margin of the reference, not merely not shown "
+                    "worse; see docs/sweep.md); write rule: shortest_noninferior or auto"
+                )
+            if "alpha" in data:
+                raise ValueError(
+                    "alpha: the rule no longer uses a p-value; set margin (points of "
+                    "accuracy, default 2) instead, see docs/sweep.md"
+                )
+        return data
 
 
 class SweepSpec(_Strict):
@@ -107,6 +128,9 @@ class SweepSpec(_Strict):
     selection: SelectionSpec = SelectionSpec()
     keep_models: bool = False
     report: bool = True
+    # Set by `resolved`, never written by users: the inputs (absolute) that the sweep file
+    # gave as relative paths, so the chosen point's recipe keeps them relative.
+    relative_inputs: list[str] = []
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -116,8 +140,14 @@ class SweepSpec(_Strict):
     def resolved(self, folder: Path) -> SweepSpec:
         """Paths made absolute against `folder` (the sweep file's folder)."""
 
+        relative: list[str] = []
+
         def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else folder / p).resolve()
+            if p is None or p.is_absolute():
+                return p
+            resolved = (folder / p).resolve()
+            relative.append(str(resolved))
+            return resolved
 
         def fix_source(s: RunSource | None) -> RunSource | None:
             if s is None:
@@ -128,14 +158,15 @@ class SweepSpec(_Strict):
         for key in ("calibration", "tokenizer_from"):
             if merge.get(key) is not None:
                 merge[key] = str(fix(Path(merge[key])))
+        inputs = {"base": fix(self.base), "models": [fix(m) for m in self.models], "merge": merge}
+        recipe_relative = list(relative)  # the inputs of a merge recipe; data paths follow
         return self.model_copy(
             update={
-                "base": fix(self.base),
-                "models": [fix(m) for m in self.models],
-                "merge": merge,
+                **inputs,
                 "eval": self.eval.model_copy(update={"data_dir": fix(self.eval.data_dir)}),
                 "reference": fix_source(self.reference),
                 "baselines": [fix_source(b) for b in self.baselines],
+                "relative_inputs": sorted(set(self.relative_inputs) | set(recipe_relative)),
             }
         )
 
@@ -159,6 +190,7 @@ class Point:
         self.source = source  # "list", "grid" or "search"
 
     def key(self) -> dict[str, Any]:
+        """The point as written (a preset stays a preset): what the merge is built from."""
         return {
             "method": self.method,
             "on": self.on,
@@ -166,21 +198,56 @@ class Point:
             "parameters": self.parameters,
         }
 
+    def identity(self) -> dict[str, Any]:
+        """What gets merged: a preset expanded into its method and parameters, numbers as
+        floats (alpha: 1 is alpha: 1.0). Two points with one identity are one point."""
+        method, on, params = self.method, self.on, self.parameters
+        if self.preset is not None:
+            from l2smerge.merge.presets import get_preset
+
+            spec = get_preset(self.preset)
+            method, on = spec["method"], on or spec["on"]
+            params = {**spec["parameters"], **params}
+        return {
+            "method": method,
+            "on": on,
+            "preset": None,
+            "parameters": _canonical(dict(sorted(params.items()))),
+        }
+
     @property
     def id(self) -> str:
-        """Stable across runs: a hash of the configuration, so resuming finds finished points
-        even if the sweep file lists them in another order."""
-        blob = json.dumps(self.key(), sort_keys=True, default=str)
+        """Stable across runs and spellings: a hash of the identity, so resuming finds finished
+        points even if the sweep file lists them in another order or as a preset."""
+        identity = self.identity()
+        blob = json.dumps(identity, sort_keys=True, default=str)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
-        return f"{_slug(self.label)}-{digest}"
+        name = _label(identity["method"], identity["on"], None, identity["parameters"])
+        return f"{_slug(name)}-{digest}"
 
     @property
     def label(self) -> str:
-        name = self.preset or self.method or "?"
-        if self.on and not self.preset:
-            name = f"{name}+{self.on}"
-        inner = ",".join(f"{k}={_fmt(v)}" for k, v in self.parameters.items())
-        return f"{name}({inner})" if inner else name
+        return _label(self.method, self.on, self.preset, self.parameters)
+
+
+def _label(method: str | None, on: str | None, preset: str | None, parameters: dict) -> str:
+    name = preset or method or "?"
+    if on and not preset:
+        name = f"{name}+{on}"
+    inner = ",".join(f"{k}={_fmt(v)}" for k, v in parameters.items())
+    return f"{name}({inner})" if inner else name
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _fmt(value: Any) -> str:
@@ -221,6 +288,8 @@ def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
     path = Path(path)
     if not isinstance(data, dict):
         raise L2SError(f"{path}: a sweep file is a YAML mapping (models:, grid:, eval:, ...)")
+    if "relative_inputs" in data:
+        raise L2SError(f"{path}: relative_inputs: unknown key")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -228,9 +297,9 @@ def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
     if not (spec.points or spec.grid or spec.search):
         raise L2SError(f"{path}: points/grid/search: the sweep has no merge to try; add one")
     _check_merge_fields(spec.merge, path)
-    if spec.selection.rule == "shortest_not_worse" and spec.reference is None:
+    if spec.selection.rule == "shortest_noninferior" and spec.reference is None:
         raise L2SError(
-            f"{path}: selection.rule: shortest_not_worse needs a reference "
+            f"{path}: selection.rule: shortest_noninferior needs a reference "
             "(reference: {model: ...} or {run: ...}); add one or use rule: most_accurate"
         )
     spec = spec.resolved(path.parent)
@@ -254,7 +323,8 @@ def _check_merge_fields(merge: dict[str, Any], path: Path) -> None:
 
 
 def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
-    """The listed and grid points, in file order, without duplicates (search points are
+    """The listed and grid points, in file order, without duplicates: a preset and the same
+    explicit point are one point, listed under the first spelling (search points are
     proposed later, one trial at a time)."""
     points: list[Point] = []
     for i, entry in enumerate(spec.points):
@@ -325,3 +395,19 @@ def _check_method(method: str, on: str | None, params: dict[str, Any], where: st
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             raise L2SError(f"{where}.{key}: not a parameter of {method} (it takes {known})")
+
+
+def merge_config(spec: SweepSpec, key: dict[str, Any]):
+    """The MergeConfig of one point (`Point.key()` or a points.jsonl record) of `spec`."""
+    from l2smerge.merge.config import MergeConfig
+
+    return MergeConfig.build(
+        method=key["method"],
+        models=spec.models,
+        base=spec.base,
+        parameters=key["parameters"],
+        preset=key["preset"],
+        # on=None would stop a preset from setting its inner method (aim_ties@7b)
+        **({"on": key["on"]} if key["on"] else {}),
+        **spec.merge,
+    )

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Subcommand modules; a missing one (work in progress) is skipped, not fatal.
-_COMMAND_MODULES = ("merge", "eval", "lab", "demo", "compare", "report", "sweep")
+_COMMAND_MODULES = ("merge", "eval", "lab", "demo", "compare", "report", "sweep", "export")
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"l2smerge.cli.{_name}")

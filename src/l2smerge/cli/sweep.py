@@ -27,10 +27,24 @@ def sweep_command(
         "$RAY_ADDRESS); --ray auto or --ray ray://HOST:PORT joins a cluster. One GPU per "
         "point when it has GPUs. Needs pip install 'l2smerge\\[ray]'.",
     ),
+    margin: float | None = typer.Option(
+        None,
+        "--margin",
+        help="Non-inferiority margin in points of accuracy (default 2, or selection.margin): a "
+        "point is eligible only if the lower end of the 95% interval of its accuracy delta "
+        "against the reference is above -margin.",
+    ),
+    benchmark_margin: float | None = typer.Option(
+        None,
+        "--benchmark-margin",
+        help="Also reject a point when any one benchmark drops by more than this many points "
+        "(default: off, or selection.benchmark_margin).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Merge and evaluate every point of a sweep (resumable), write points.jsonl and
-    pareto.json, and choose the operating point by a stated rule."""
+    pareto.json, choose the operating point by a stated rule and keep its checkpoint in
+    OUT/chosen/."""
     from l2smerge.choose.sweep import run_sweep
 
     address = None
@@ -41,4 +55,11 @@ def sweep_command(
         if not Path(sweep_file).exists() and Path(address).is_file():  # --ray ADDR SWEEP.yaml
             sweep_file, address = address, sweep_file
     ray_address = (address or "local") if ray else None
-    run_sweep(sweep_file, out, progress=not quiet, ray_address=ray_address)
+    run_sweep(
+        sweep_file,
+        out,
+        progress=not quiet,
+        ray_address=ray_address,
+        margin=margin,
+        benchmark_margin=benchmark_margin,
+    )
