@@ -579,3 +579,36 @@ def test_search_progress_counts_each_trial_once(pair, data_dir, tmp_path):
     run_sweep(spec, tmp_path / "s", progress=False, console=console)
     text = console.export_text()
     assert "[1/2]" in text and "[2/2]" in text and "[3/2]" not in text
+
+
+def test_model_card_names_hub_inputs_and_the_papers(pair, tmp_path):
+    """Inputs that are snapshots in the Hugging Face cache are named by hub id and revision
+    (and only they become base_model metadata); each method links its paper."""
+    import shutil
+
+    from l2smerge.merge.config import MergeConfig
+    from l2smerge.merge.executor import run_merge
+    from l2smerge.merge.provenance import hub_source
+
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-Math-7B" / "snapshots" / "abc123"
+    shutil.copytree(pair["system1"], snapshot)
+    assert hub_source(snapshot) == {"hub_id": "Qwen/Qwen2.5-Math-7B", "revision": "abc123"}
+    assert hub_source(pair["system2"]) is None
+    config = MergeConfig.build(
+        method="aim",
+        on="ties",
+        models=[snapshot, pair["system2"]],
+        base=snapshot,
+        parameters={"omega": 0.4},
+        calibration=None,
+        dtype="float32",
+    )
+    calibration = tmp_path / "c.jsonl"
+    calibration.write_text(json.dumps({"question": "1+1?", "short_answer": "2"}) + "\n")
+    out = run_merge(config.model_copy(update={"calibration": calibration}), tmp_path / "m")
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == ["Qwen/Qwen2.5-Math-7B"]  # the local input is not metadata
+    assert "[Qwen/Qwen2.5-Math-7B](https://huggingface.co/Qwen/Qwen2.5-Math-7B)" in card
+    assert "https://arxiv.org/abs/2502.02421" in card and "https://arxiv.org/abs/2306.01708" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card and "```yaml" in card
