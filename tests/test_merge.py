@@ -70,7 +70,7 @@ OPTIONS = {
     "task_arithmetic": ["--alpha", "0.6"],
     "ties": ["--alpha", "0.9", "--density", "0.3"],
     "dare_ta": ["--alpha", "0.6", "--drop-rate", "0.25"],
-    "dare_ties": ["--alpha", "0.9", "--drop-rate", "0.25"],
+    "dare_ties": ["--alpha", "0.9", "--drop-rate", "0.25", "--density", "1.0"],
 }
 
 
@@ -282,7 +282,7 @@ def test_provenance_records_method_parameters_inputs_and_seed(trio, tmp_path):
     out = run_merge(config, tmp_path / "o", progress=False)
     record = json.loads((out / "l2smerge.json").read_text())
     assert record["method"] == "dare_ties" and record["seed"] == 7
-    assert record["parameters"] == {"alpha": 1.0, "drop_rate": 0.3, "density": 1.0}
+    assert record["parameters"] == {"alpha": 1.0, "drop_rate": 0.3, "density": 0.2}
     assert record["per_model_parameters"] == [{"alpha": 0.8}, {"alpha": 0.6}]
     roles = {i["role"]: i for i in record["inputs"]}
     assert set(roles) == {"base", "model 1", "model 2"}

@@ -9,7 +9,8 @@
   weights in memory at a time (see `activation_importance`).
 * Sens: per-layer sensitivity Σ|δ ⊙ ∇L| of each model's task vector from float32 gradients on
   the calibration text, and cross-task logit alignment between the models
-  (see `task_sensitivity`, `cross_task_alignment`, `sens_coefficients`).
+  (see `task_sensitivity`, `cross_task_alignment`, `sens_coefficients`); each model may
+  have its own calibration file and fields.
 * Cache: every statistic is stored under $L2SMERGE_CACHE_DIR (default ~/.cache/l2smerge),
   keyed by the fingerprints of the models, of the calibration file, the fields and the
   settings, so a sweep over ω, α or T computes it once.
@@ -38,6 +39,7 @@ from l2smerge.calibration.data import (
     tokenize,
 )
 from l2smerge.calibration.sensitivity import (
+    active_models,
     cross_task_alignment,
     layer_group,
     sens_coefficients,
@@ -48,6 +50,7 @@ from l2smerge.calibration.sensitivity import (
 __all__ = [
     "CACHE_VERSION",
     "CALIBRATION_FIELDS",
+    "active_models",
     "DEFAULT_MAX_TOKENS",
     "METHOD_FIELDS",
     "Sample",

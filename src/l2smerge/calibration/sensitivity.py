@@ -71,6 +71,8 @@ def task_sensitivity(
         delta = (param.detach() - stored.to(device, torch.float32)).to(stored.dtype)
         deltas[name] = (layer_group(name), param, delta)
     totals: dict[str, float] = dict.fromkeys((g for g, _, _ in deltas.values()), 0.0)
+    if not any(bool(delta.any()) for _, _, delta in deltas.values()):
+        return totals  # a zero task vector: every sensitivity is 0, no gradient pass needed
     with progress_bar(len(ids), f"sensitivity {model_path.name}", progress) as step:
         for sample in ids:
             if sample.numel() < 2:
@@ -129,34 +131,50 @@ def cross_task_alignment(
     return g
 
 
+def active_models(sensitivities: Sequence[dict[str, float]]) -> list[int]:
+    """The models Sens weighs: those with a non-zero sensitivity somewhere. A zero task
+    vector (a model equal to the base) has none; it would only take a share of the softmax
+    and of the cross-task factors, so it is left out of the statistics and gets λ = 0."""
+    return [k for k, s in enumerate(sensitivities) if any(v != 0 for v in s.values())]
+
+
+def _per_model(value, n: int, what: str) -> list:
+    if isinstance(value, (str, Path)) or (value and isinstance(value[0], str)):
+        return [value] * n
+    if len(value) != n:
+        raise L2SError(f"sens: {len(value)} {what} for {n} models")
+    return list(value)
+
+
 def sens_statistics(
     base: str | Path,
     models: Sequence[str | Path],
     calibration: str | Path | Sequence[str | Path],
     *,
-    fields: Sequence[str] = METHOD_FIELDS["sens"],
+    fields: Sequence[str] | Sequence[Sequence[str]] = METHOD_FIELDS["sens"],
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: bool = True,
 ) -> tuple[list[dict[str, float]], list[list[float]] | None]:
-    """(per-model layer sensitivities, cross-task alignment matrix or None for one model),
-    each through the disk cache. `calibration` is one file for every model or one per model
-    (model k's task data)."""
-    files = (
-        [Path(calibration)] * len(models)
-        if isinstance(calibration, (str, Path))
-        else [Path(c) for c in calibration]
-    )
-    if len(files) != len(models):
-        raise L2SError(f"sens: {len(files)} calibration files for {len(models)} models")
-    samples = [read_calibration(f, fields) for f in files]
+    """(per-model layer sensitivities, cross-task alignment matrix among the active models
+    (see `active_models`), or None when fewer than two are active), each through the disk
+    cache. `calibration` is one file for every model or one per model (model k's task
+    data); `fields` likewise one tuple of field names or one per model."""
+    files = [Path(f) for f in _per_model(calibration, len(models), "calibration files")]
+    chosen = [tuple(f) for f in _per_model(fields, len(models), "field lists")]
+    samples = [read_calibration(f, fk) for f, fk in zip(files, chosen, strict=True)]
     data = [file_sha256(f) for f in files]
     model_fps = [model_fingerprint(m) for m in models]
     base_fp = model_fingerprint(base)
-    common = {"fields": list(fields), "max_tokens": max_tokens}
     sensitivities = []
     for k, model in enumerate(models):
-        meta = {"model": model_fps[k], "base": base_fp, "data": data[k], **common}
+        meta = {
+            "model": model_fps[k],
+            "base": base_fp,
+            "data": data[k],
+            "fields": list(chosen[k]),
+            "max_tokens": max_tokens,
+        }
         key = cache_key("sens-sensitivity", **meta)
         value = load_cached_json(key)
         if value is None:
@@ -165,14 +183,24 @@ def sens_statistics(
             )
             save_cached_json(key, value, meta)
         sensitivities.append(value)
-    if len(models) < 2:
+    active = active_models(sensitivities)
+    if len(active) < 2:
         return sensitivities, None
-    meta = {"models": model_fps, "data": data, **common}
+    meta = {
+        "models": [model_fps[k] for k in active],
+        "data": [data[k] for k in active],
+        "fields": [list(chosen[k]) for k in active],
+        "max_tokens": max_tokens,
+    }
     key = cache_key("sens-alignment", **meta)
     alignment = load_cached_json(key)
     if alignment is None:
         alignment = cross_task_alignment(
-            models, samples, device=device, max_tokens=max_tokens, progress=progress
+            [models[k] for k in active],
+            [samples[k] for k in active],
+            device=device,
+            max_tokens=max_tokens,
+            progress=progress,
         )
         save_cached_json(key, alignment, meta)
     return sensitivities, alignment
@@ -187,6 +215,9 @@ def sens_coefficients(
 ) -> list[dict[str, float]]:
     """Per-model, per-layer TA coefficients λ_k^l from the Sens statistics.
 
+    Only the active models (`active_models`: a non-zero task vector) are weighed; the others
+    get λ = 0 (their task vector is zero, so the merge is the same) and `alignment` is over
+    the active ones, in order.
     task-specific: a_k^l = S_k^l / ‖S_k‖₂ (each model's layer sensitivities, L2-normalised
     across its layers); cross-task: t_k = Σ_{j≠k} g[k][j], L1-normalised over models (t = 1
     for a single model). Softmax with temperature T over the models at each layer (K ≥ 2):
@@ -197,19 +228,27 @@ def sens_coefficients(
     """
     if temperature <= 0:
         raise L2SError(f"sens: temperature must be > 0, got {temperature}")
-    k_models = len(sensitivities)
     groups = list(sensitivities[0])
     for s in sensitivities[1:]:
         if set(s) != set(groups):
             raise L2SError("sens: the models' layer sets differ; they must share one architecture")
-    sens = torch.tensor([[s[g] for g in groups] for s in sensitivities], dtype=torch.float64)
-    norms = sens.norm(dim=1, keepdim=True)
-    task_specific = torch.where(norms > 0, sens / norms.clamp_min(1e-300), 0.0)
-    if k_models == 1:
-        weights = len(groups) * torch.softmax(task_specific[0] / temperature, dim=0)
-        return [{g: alpha * float(w) for g, w in zip(groups, weights, strict=True)}]
-    g = torch.tensor(alignment, dtype=torch.float64)
-    cross = g.sum(dim=1) - g.diagonal()
-    cross = cross / cross.sum() if cross.sum() > 0 else torch.full_like(cross, 1 / k_models)
-    weights = k_models * torch.softmax(task_specific * cross[:, None] / temperature, dim=0)
-    return [{grp: alpha * float(w) for grp, w in zip(groups, row, strict=True)} for row in weights]
+    active = active_models(sensitivities)
+    coefficients = [dict.fromkeys(groups, 0.0) for _ in sensitivities]
+    if not active:
+        return coefficients
+    sens = torch.tensor(
+        [[sensitivities[k][g] for g in groups] for k in active], dtype=torch.float64
+    )
+    task_specific = sens / sens.norm(dim=1, keepdim=True)
+    if len(active) == 1:
+        weights = (len(groups) * torch.softmax(task_specific[0] / temperature, dim=0))[None]
+    else:
+        if alignment is None or len(alignment) != len(active):
+            raise L2SError(f"sens: the alignment matrix must cover the {len(active)} active models")
+        g = torch.tensor(alignment, dtype=torch.float64)
+        cross = g.sum(dim=1) - g.diagonal()
+        cross = cross / cross.sum() if cross.sum() > 0 else torch.full_like(cross, 1 / len(active))
+        weights = len(active) * torch.softmax(task_specific * cross[:, None] / temperature, dim=0)
+    for k, row in zip(active, weights, strict=True):
+        coefficients[k] = {grp: alpha * float(w) for grp, w in zip(groups, row, strict=True)}
+    return coefficients

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 from rich.console import Console
 
-from l2smerge.util.errors import L2SError
+from l2smerge.util.errors import L2SError, L2SWarning
 
 app = typer.Typer(
     name="l2smerge",
@@ -21,8 +22,32 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from l2smerge import __version__
+
+        typer.echo(f"l2smerge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Long-to-short reasoning by model merging: merge, evaluate, compare, choose, ship."""
+
+
 # Subcommand modules; a missing one (work in progress) is skipped, not fatal.
-_COMMAND_MODULES = ("merge", "eval", "lab", "demo", "compare", "report", "sweep", "export")
+_COMMAND_MODULES = (
+    "merge", "methods", "eval", "lab", "demo", "compare", "report", "sweep", "export"
+)
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"l2smerge.cli.{_name}")
@@ -31,7 +56,21 @@ for _name in _COMMAND_MODULES:
             raise
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """l2smerge's own warnings as one plain line on stderr; others as Python prints them."""
+    if issubclass(category, L2SWarning):
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+        )
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app()
     except L2SError as exc:

@@ -23,6 +23,43 @@ def _number_list(option: str, text: str | None) -> float | list[float] | None:
     return values[0] if len(values) == 1 else values
 
 
+def _model_index(key: str, models: list[Path]) -> int | None:
+    """Which --model `key` names: the path as given, the same folder, or its folder name."""
+    for i, m in enumerate(models):
+        if key == str(m) or Path(key).resolve() == m.resolve():
+            return i
+    named = [i for i, m in enumerate(models) if m.name == key]
+    return named[0] if len(named) == 1 else None
+
+
+def per_model_values(
+    option: str, values: list[str] | None, models: list[Path], *, is_file: bool
+) -> tuple[str | None, dict[int, str]]:
+    """Repeatable `--option VALUE` / `--option MODEL=VALUE`: (the value for every model, or
+    None; {model index: its own value}). MODEL is a --model path as given, the same folder,
+    or its folder name. A VALUE that is an existing file is never split at '='."""
+    shared: str | None = None
+    own: dict[int, str] = {}
+    for text in values or []:
+        key, sep, value = text.partition("=")
+        index = _model_index(key, models) if sep else None
+        if index is None and sep and not (is_file and Path(text).exists()):
+            known = ", ".join(str(m) for m in models) or "none given"
+            raise L2SError(
+                f"{option} {text!r}: {key!r} is not one of the --model inputs ({known}); "
+                f"use {option} VALUE for every model or {option} MODEL=VALUE for one"
+            )
+        if index is None:
+            if shared is not None:
+                raise L2SError(f"{option}: given twice for every model ({shared!r}, {text!r})")
+            shared = text
+        else:
+            if index in own:
+                raise L2SError(f"{option}: given twice for --model {models[index]}")
+            own[index] = value
+    return shared, own
+
+
 def _sigterm_to_exit(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)  # lets the merge remove its temporary folder
 
@@ -57,7 +94,20 @@ def merge(
     temperature: Annotated[Optional[float], typer.Option(help="Sens softmax T.")] = None,  # noqa: UP045
     rank: Annotated[Optional[int], typer.Option(help="SVD rank (LoRE, Twin).")] = None,  # noqa: UP045
     calibration: Annotated[
-        Optional[Path], typer.Option(help="Calibration data (AIM, Sens).")  # noqa: UP045
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            metavar="[MODEL=]FILE",
+            help="Calibration data (AIM, Sens): FILE for every model, or MODEL=FILE for one "
+            "--model (Sens; repeat).",
+        ),
+    ] = None,
+    calibration_fields: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            metavar="[MODEL=]FIELDS",
+            help="Calibration fields, e.g. question,short_answer: for every model, or "
+            "MODEL=FIELDS for one --model (Sens; repeat).",
+        ),
     ] = None,
     preset: Annotated[
         Optional[str], typer.Option(help="The study's settings, e.g. ties@7b.")  # noqa: UP045
@@ -94,7 +144,6 @@ def merge(
     }
     fields = dict(
         on=on,
-        calibration=calibration,
         seed=seed,
         dtype=dtype,
         device=device,
@@ -112,6 +161,8 @@ def merge(
                 "model": model,
                 "method": method,
                 "preset": preset,
+                "calibration": calibration,
+                "calibration_fields": calibration_fields,
             }.items()
             if v
         ]
@@ -124,12 +175,28 @@ def merge(
     else:
         if not model:
             raise L2SError("no models: pass --model PATH (repeat for several) or a CONFIG.yaml")
+        models = list(model)
+        shared_calibration, own_calibration = per_model_values(
+            "--calibration", calibration, models, is_file=True
+        )
+        shared_fields, own_fields = per_model_values(
+            "--calibration-fields", calibration_fields, models, is_file=False
+        )
+        parameters["calibration_fields"] = (
+            [own_fields.get(i, shared_fields) for i in range(len(models))]
+            if own_fields
+            else shared_fields
+        )
         config = MergeConfig.build(
             method=method,
-            models=list(model),
+            models=models,
             base=base,
             parameters=parameters,
             preset=preset,
+            calibration=shared_calibration,
+            model_calibration=(
+                [own_calibration.get(i) for i in range(len(models))] if own_calibration else None
+            ),
             **fields,
         )
     signal.signal(signal.SIGTERM, _sigterm_to_exit)

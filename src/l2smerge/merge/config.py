@@ -40,6 +40,7 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: Path
     parameters: dict[str, ParamValue] = {}
+    calibration: Path | None = None  # this model's calibration data (Sens), else the shared
 
 
 class MergeConfig(BaseModel):
@@ -79,11 +80,14 @@ class MergeConfig(BaseModel):
         base: str | Path | None = None,
         parameters: dict[str, Any] | None = None,
         preset: str | None = None,
+        model_calibration: list[str | Path | None] | None = None,
         **fields: Any,
     ) -> MergeConfig:
         """From command-line style options. A per-model list for a parameter (`alpha` given
         as [0.7, 0.3] with two models) goes into the model entries; a preset fills in the
-        method and every parameter not given explicitly."""
+        method and every parameter not given explicitly (a None in a per-model list leaves
+        that model at the shared value). `model_calibration` gives each model its own
+        calibration file (None: the shared `calibration`)."""
         params = {k: v for k, v in (parameters or {}).items() if v is not None}
         if preset is not None:
             from l2smerge.merge.presets import get_preset
@@ -113,9 +117,18 @@ class MergeConfig(BaseModel):
                     )
                 else:
                     for entry, v in zip(entries, value, strict=True):
-                        entry["parameters"][name] = v
+                        if v is not None:
+                            entry["parameters"][name] = v
                     continue
             shared[name] = value
+        if model_calibration is not None:
+            if len(model_calibration) != len(entries):
+                raise L2SError(
+                    f"{len(model_calibration)} calibration files for {len(entries)} models"
+                )
+            for entry, file in zip(entries, model_calibration, strict=True):
+                if file is not None:
+                    entry["calibration"] = Path(file)
         fields = {k: v for k, v in fields.items() if v is not None}
         try:
             return cls(
@@ -170,7 +183,10 @@ class MergeConfig(BaseModel):
         return self.model_copy(
             update={
                 "base": fix(self.base),
-                "models": [m.model_copy(update={"path": fix(m.path)}) for m in self.models],
+                "models": [
+                    m.model_copy(update={"path": fix(m.path), "calibration": fix(m.calibration)})
+                    for m in self.models
+                ],
                 "calibration": fix(self.calibration),
                 "tokenizer_from": fix(self.tokenizer_from),
             }
@@ -178,7 +194,10 @@ class MergeConfig(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
-        data["models"] = [m["path"] if not m["parameters"] else m for m in data["models"]]
+        data["models"] = [
+            m["path"] if not m["parameters"] and "calibration" not in m else m
+            for m in data["models"]
+        ]
         return yaml.safe_dump(data, sort_keys=False)
 
     # -- views ------------------------------------------------------------------------------

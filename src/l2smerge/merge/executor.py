@@ -37,7 +37,8 @@ from l2smerge.merge.checkpoint import (
 from l2smerge.merge.config import MergeConfig, ParameterResolver, check_range
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod, get_method
-from l2smerge.util.errors import L2SError
+from l2smerge.methods.registry import uses_base
+from l2smerge.util.errors import L2SError, warn
 
 # lm_head name -> the embedding it is tied to, per architecture family.
 TIED_HEADS = {
@@ -140,6 +141,50 @@ def _dominant_float_dtype(ckpt: Checkpoint) -> torch.dtype:
     return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
 
 
+def _same_checkpoint(a: Path, b: Path, b_fingerprint: str | None) -> bool:
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    if b_fingerprint is None:
+        return False
+    from l2smerge.calibration.cache import model_fingerprint
+
+    try:
+        return model_fingerprint(a) == b_fingerprint
+    except L2SError:  # not a safetensors model folder: opening it will say what is wrong
+        return False
+
+
+def drop_base_copies(config: MergeConfig) -> MergeConfig:
+    """Leave out every --model that is the --base checkpoint (same folder or same content
+    fingerprint), with a warning: its task vector is zero. For task arithmetic, TIES, DARE,
+    LoRE with a base and AIM it adds nothing; for Twin it would pull the uniform add-back
+    towards the base and for Sens it would take a share of the coefficients and cost a
+    gradient pass, so leaving it out gives the single-task merge the study ran
+    (docs/methods.md, "A --model that is the base")."""
+    from l2smerge.calibration.cache import model_fingerprint
+
+    assert config.base is not None
+    try:
+        base_fingerprint: str | None = model_fingerprint(config.base)
+    except L2SError:
+        base_fingerprint = None
+    is_base = [_same_checkpoint(m.path, config.base, base_fingerprint) for m in config.models]
+    if not any(is_base):
+        return config
+    kept = [m for m, same in zip(config.models, is_base, strict=True) if not same]
+    dropped = [str(m.path) for m, same in zip(config.models, is_base, strict=True) if same]
+    if not kept:
+        raise L2SError(
+            f"every --model is the --base checkpoint {config.base}: nothing to merge "
+            "(pass the fine-tuned model, e.g. --base SYSTEM1 --model SYSTEM2)"
+        )
+    warn(
+        f"--model {', '.join(dropped)} is the --base checkpoint (a zero task vector); "
+        f"{config.method} merges the other {len(kept)} model(s) without it"
+    )
+    return config.model_copy(update={"models": kept})
+
+
 def plan_merge(config: MergeConfig) -> MergePlan:
     """Check the whole merge (method, parameters, inputs, tensor names and shapes) and plan it,
     without writing anything."""
@@ -150,6 +195,9 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         raise L2SError(f"method {config.method!r} needs a base model: pass --base")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2SError(f"--device {config.device}: no CUDA device is available")
+
+    if config.base is not None and uses_base(method, True):
+        config = drop_base_copies(config)
 
     checkpoints: dict[Path, Checkpoint] = {}
 
@@ -169,7 +217,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
             "inputs (its vocabulary rows are taken into the output)"
         )
     reference = open_(source_path)
-    used = models + ([base] if (base is not None and method.needs_base) else [])
+    used = models + ([base] if (base is not None and uses_base(method, True)) else [])
     labels = {id(c): str(c.path) for c in used}
 
     tied_output = all(c.tie_word_embeddings for c in used + [reference])
@@ -178,9 +226,8 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         for head, embeds in TIED_HEADS.items():
             if head not in reference and any(e in reference for e in embeds):
                 names.append(head)  # an untied input needs its own head in the output
-    out_dtype = (
-        DTYPE_NAMES[config.dtype] if config.dtype else _dominant_float_dtype(base or reference)
-    )
+    dtype = config.dtype or method.extra.get("default_dtype")
+    out_dtype = DTYPE_NAMES[dtype] if dtype else _dominant_float_dtype(base or reference)
 
     wanted = set(names)
     for ckpt in used:
@@ -319,7 +366,14 @@ def check_output_path(out: Path, config: MergeConfig, *, force: bool) -> None:
     out = out.resolve()
     if out.exists() and not force:
         raise L2SError(f"{out}: already exists; choose another -o or pass --force")
-    for p in [config.base, *config.model_paths, config.tokenizer_from, config.calibration]:
+    model_calibration = [m.calibration for m in config.models]
+    for p in [
+        config.base,
+        *config.model_paths,
+        config.tokenizer_from,
+        config.calibration,
+        *model_calibration,
+    ]:
         if p is None:
             continue
         p = Path(p).resolve()
@@ -381,7 +435,7 @@ def _merge_one(
     linear = method.extra.get("linear", False)
     if not linear:  # checked on the way in: TIES/DARE would silently drop a NaN entry
         check_inputs(inputs)
-    tensors, base = inputs[:n_models], (inputs[n_models] if method.needs_base else None)
+    tensors, base = inputs[:n_models], (inputs[n_models] if len(inputs) > n_models else None)
     kwargs = resolver.resolve(job.name)
     if "on" in method.params:
         kwargs["on"] = config.on if config.on is not None else method.params["on"]
@@ -596,7 +650,7 @@ def run_merge(
         copy_side_files(plan.reference.path, tmp)
         write_provenance(
             tmp,
-            config,
+            plan.config,
             parameters=resolved_parameters(plan),
             fingerprints=fingerprints.join(),
             output=output,

@@ -29,13 +29,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ties@7b": _p("ties", density=0.2, alpha=1.0),
     "ties@14b": _p("ties", density=0.8, alpha=0.5),
     "ties@32b": _p("ties", density=0.75, alpha=0.55),
-    # DARE: p = 0.3 (0.4 at 14B), merged with TA (alpha 0.7) or TIES (alpha 1.0, no trim).
+    # DARE: p = 0.3 (0.4 at 14B). The study's script (src/main_merging.py, mask_merging)
+    # drops, rescales, then applies --mask_apply_method with the same --scaling_coefficient
+    # and --param_value_mask_rate (TIES k, default 0.8) as a plain run, so:
+    # "DARE" row = DARE then the average of System 1 and System 2: θ0 + ½·drop(δ), i.e.
+    # dare_ta with alpha 0.5 (System 1's task vector is zero, so listing it changes nothing);
+    # DARE-TA = DARE then task arithmetic at TA's alpha 0.7;
+    # DARE-TIES = DARE then TIES at the scale's TIES settings, trim included.
+    **{f"dare@{s}": _p("dare_ta", drop_rate=0.3, alpha=0.5) for s in ("1.5b", "7b")},
+    "dare@14b": _p("dare_ta", drop_rate=0.4, alpha=0.5),
     "dare_ta@1.5b": _p("dare_ta", drop_rate=0.3, alpha=0.7),
     "dare_ta@7b": _p("dare_ta", drop_rate=0.3, alpha=0.7),
     "dare_ta@14b": _p("dare_ta", drop_rate=0.4, alpha=0.7),
-    "dare_ties@1.5b": _p("dare_ties", drop_rate=0.3, alpha=1.0),
-    "dare_ties@7b": _p("dare_ties", drop_rate=0.3, alpha=1.0),
-    "dare_ties@14b": _p("dare_ties", drop_rate=0.4, alpha=1.0),
+    "dare_ties@1.5b": _p("dare_ties", drop_rate=0.3, density=0.2, alpha=1.0),
+    "dare_ties@7b": _p("dare_ties", drop_rate=0.3, density=0.2, alpha=1.0),
+    "dare_ties@14b": _p("dare_ties", drop_rate=0.4, density=0.8, alpha=0.5),
     # AIM on top of TIES, omega 0.4, TIES at the scale's settings.
     "aim_ties@1.5b": _p("aim", on="ties", omega=0.4, density=0.2, alpha=1.0),
     "aim_ties@7b": _p("aim", on="ties", omega=0.4, density=0.2, alpha=1.0),

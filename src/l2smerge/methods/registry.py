@@ -62,6 +62,8 @@ def register(
     elementwise: bool = False,
     linear: bool = False,
     block_stats: BlockStatsFn | None = None,
+    optional_base: bool = False,
+    default_dtype: str | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add `fn` to METHODS under `name`, reading its parameters from its signature.
 
@@ -75,6 +77,9 @@ def register(
     entries of the inputs, so a NaN or Inf input always shows in the output: the executor then
     checks only the output (and the inputs only when that fails), one pass over memory instead
     of one per input.
+    `optional_base=True` (with needs_base=False): the method works without a base but uses
+    one when given (LoRE). `default_dtype` is the output dtype when the user sets none
+    (Sens: float32, as the study saved its Sens merges).
     """
 
     def decorate(fn: MethodFn) -> MethodFn:
@@ -100,11 +105,23 @@ def register(
             needs_base,
             summary,
             prepare,
-            extra={"elementwise": elementwise, "linear": linear, "block_stats": block_stats},
+            extra={
+                "elementwise": elementwise,
+                "linear": linear,
+                "block_stats": block_stats,
+                "optional_base": optional_base,
+                "default_dtype": default_dtype,
+            },
         )
         return fn
 
     return decorate
+
+
+def uses_base(method: MergeMethod, base_given: bool) -> bool:
+    """Whether `method` receives the base tensor: always when it needs one, and when one is
+    given if the base is optional for it."""
+    return method.needs_base or (base_given and bool(method.extra.get("optional_base")))
 
 
 def get_method(name: str) -> MergeMethod:

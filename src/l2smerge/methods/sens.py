@@ -9,12 +9,13 @@ reach `sens` as its `alpha` list. docs/methods.md gives every formula and open c
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from l2smerge.methods.registry import register
-from l2smerge.util.errors import L2SError
+from l2smerge.util.errors import L2SError, warn
 
 DEFAULT_FIELDS = "question,short_answer,long_answer"
 
@@ -28,6 +29,33 @@ def _scalar(config: Any, name: str, default: float) -> float:
     return float(value)
 
 
+def _fields(value: Any, where: str) -> tuple[str, ...]:
+    from l2smerge.calibration import parse_fields
+
+    if not isinstance(value, str):
+        raise L2SError(f"{where}: calibration_fields: give one comma-separated string")
+    return parse_fields(value, "sens")
+
+
+def calibration_per_model(config: Any) -> tuple[list[Path], list[tuple[str, ...]]]:
+    """Each model's calibration file (its own `calibration`, else the shared one) and fields
+    (its own `calibration_fields`, else the shared ones, else question + both answers)."""
+    shared_fields = (config.parameters or {}).get("calibration_fields", DEFAULT_FIELDS)
+    files, fields = [], []
+    for i, model in enumerate(config.models):
+        file = model.calibration or config.calibration
+        if file is None:
+            raise L2SError(
+                f"sens needs calibration data for --model {model.path}: --calibration FILE "
+                "(every model) or --calibration MODEL=FILE (JSONL of question, short_answer, "
+                "long_answer)"
+            )
+        files.append(Path(file))
+        value = model.parameters.get("calibration_fields", shared_fields)
+        fields.append(_fields(value, f"models[{i}] ({model.path})"))
+    return files, fields
+
+
 def prepare_sens(config: Any) -> Callable[[str], dict[str, Any]]:
     """Sensitivities and alignment (cached), then λ_k^l for every layer; per tensor, its
     layer's coefficients as the `alpha` list (tensors outside every layer keep α)."""
@@ -35,37 +63,38 @@ def prepare_sens(config: Any) -> Callable[[str], dict[str, Any]]:
 
     if config.base is None:
         raise L2SError("sens needs --base: sensitivities are of the task vectors θk − θ0")
-    if config.calibration is None:
-        raise L2SError(
-            "sens needs --calibration FILE (JSONL of question, short_answer, long_answer)"
-        )
     alpha = _scalar(config, "alpha", 0.7)
     temperature = _scalar(config, "temperature", 2.0)
-    raw_fields = (config.parameters or {}).get("calibration_fields", DEFAULT_FIELDS)
-    if not isinstance(raw_fields, str):
-        raise L2SError("calibration_fields: give one comma-separated string")
-    fields = calibration.parse_fields(raw_fields, "sens")
+    files, fields = calibration_per_model(config)
     sensitivities, alignment = calibration.sens_statistics(
         config.base,
         [m.path for m in config.models],
-        config.calibration,
+        files,
         fields=fields,
         device=config.device,
     )
+    active = set(calibration.active_models(sensitivities))
+    for k, model in enumerate(config.models):
+        if k not in active:
+            warn(
+                f"sens: --model {model.path} has a zero task vector (it equals the base); "
+                "it is left out of the statistics and adds nothing"
+            )
     coefficients = calibration.sens_coefficients(
         sensitivities, alignment, alpha=alpha, temperature=temperature
     )
+    outside = [alpha if k in active else 0.0 for k in range(len(coefficients))]
 
     def per_tensor(tensor_name: str) -> dict[str, Any]:
         group = calibration.layer_group(tensor_name)
         if group not in coefficients[0]:
-            return {"alpha": [alpha] * len(coefficients)}
+            return {"alpha": outside}
         return {"alpha": [c[group] for c in coefficients]}
 
     return per_tensor
 
 
-@register("sens", prepare=prepare_sens)
+@register("sens", prepare=prepare_sens, default_dtype="float32")
 def sens(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
@@ -74,9 +103,11 @@ def sens(
     temperature: float = 2.0,
     calibration_fields: str = DEFAULT_FIELDS,
 ) -> torch.Tensor:
-    """Sens-Merging: θ0 + Σ λk·δk with λk per layer from sensitivity and alignment (needs
-    --calibration). `alpha` arrives as this tensor's per-model λk; `temperature` is used by
-    the calibration step."""
+    """Sens-Merging: θ0 + Σ λk·δk, λk per layer from sensitivity and cross-task alignment.
+
+    Needs calibration data (--calibration, one file or one per model). `alpha` arrives as
+    this tensor's per-model λk; `temperature` and `calibration_fields` are used by the
+    calibration step. Saved in float32 unless --dtype says otherwise, as the study did."""
     alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(tensors)
     if len(alphas) != len(tensors):
         raise L2SError(f"sens: {len(alphas)} coefficients for {len(tensors)} models")

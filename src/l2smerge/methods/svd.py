@@ -7,12 +7,14 @@ useful low-rank structure and follow the plain rule documented on each method.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from l2smerge.methods.registry import register
-from l2smerge.util.errors import L2SError
+from l2smerge.util.errors import L2SError, warn
 
 # Randomized SVD (Halko, Martinsson & Tropp 2011) for small ranks: a Gaussian sketch of
 # rank + OVERSAMPLE columns, POWER_ITERATIONS subspace iterations, then an exact SVD of the
@@ -122,7 +124,57 @@ def lore_estimate(
     return LoreEstimate(base, deltas, changes)
 
 
-@register("lore", needs_base=False)
+def _scalar_parameter(config: Any, name: str, default: float) -> float | None:
+    """A parameter's value when it is one number for every tensor and model, else None."""
+    if any(name in m.parameters for m in config.models):
+        return None
+    value = (config.parameters or {}).get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def prepare_lore(config: Any) -> Callable[[str], dict[str, Any]]:
+    """No statistics: warn when the merge provably returns the models' mean or an input."""
+    k = len(config.models)
+    if config.base is None and k == 1:
+        warn("lore with one --model and no --base returns that model unchanged")
+    elif config.base is None and k == 2:
+        warn(
+            "lore with two models and no --base is exactly their mean, whatever rank, "
+            "threshold, alpha or iterations (the residuals from the mean are +r and -r, so "
+            "the estimated task vectors cancel); pass --base to estimate low-rank task "
+            "vectors relative to it, as the study's LoRE row needs"
+        )
+    elif config.base is not None and k == 1:
+        alpha = _scalar_parameter(config, "alpha", 1.0)
+        rank = _scalar_parameter(config, "rank", 0)
+        threshold = _scalar_parameter(config, "threshold", 0.1)
+        if alpha == 0:
+            warn("lore with alpha 0 returns the --base unchanged")
+        elif alpha == 1 and rank == 0 and threshold == 0:
+            warn("lore with threshold 0, rank 0 and alpha 1 returns the --model unchanged")
+    return lambda _tensor_name: {}
+
+
+def low_rank_task_vectors(
+    tensors: list[torch.Tensor], base: torch.Tensor, *, rank: int = 0, threshold: float = 0.1
+) -> list[torch.Tensor]:
+    """LoRE's low-rank estimate with the base known: δk = low-rank(θk − θ0).
+
+    rank > 0: the rank-`rank` truncation of each task vector. rank = 0: singular-value soft
+    thresholding with μ = threshold × the largest singular value among the task vectors (one
+    μ per tensor). With θ0 fixed this is the exact minimiser of LoRE's objective
+    Σk ‖θk − θ0 − δk‖² + 2μ Σk ‖δk‖_* over the δk."""
+    task_vectors = [t - base for t in tensors]
+    if rank > 0:
+        return [truncate_rank(d, rank) for d in task_vectors]
+    svds = [torch.linalg.svd(d, full_matrices=False) for d in task_vectors]
+    mu = threshold * max(float(svd[1][0]) if svd[1].numel() else 0.0 for svd in svds)
+    return [shrink_singular_values(svd, mu) for svd in svds]
+
+
+@register("lore", needs_base=False, optional_base=True, prepare=prepare_lore)
 def lore(
     tensors: list[torch.Tensor],
     base: torch.Tensor | None,
@@ -132,18 +184,29 @@ def lore(
     threshold: float = 0.1,
     iterations: int = 10,
 ) -> torch.Tensor:
-    """LoRE-Merging: estimate a common base and low-rank task vectors by SVD, then θ0' + α·Σ δk.
+    """LoRE-Merging: low-rank task vectors by SVD, then θ0 + α·Σ δk (θ0 estimated without --base).
 
-    Needs no base model. `rank` > 0 fixes the rank of every δk; `rank` = 0 (default) lets
-    singular-value thresholding at `threshold` × the largest singular value choose it.
-    1-D tensors have no low-rank structure: they get the plain mean of the models.
+    With --base: δk = low-rank(θk − θ0) relative to the given base (the study's setting).
+    Without: θ0' and the δk are estimated together by block coordinate descent; for one or
+    two models that estimate is provably the model or the models' mean, returned directly.
+    `rank` > 0 fixes the rank of every δk; `rank` = 0 (default) lets singular-value
+    thresholding at `threshold` × the largest singular value choose it. 1-D tensors have no
+    low-rank structure: task arithmetic with α (with --base) or the plain mean (without).
     """
     if rank < 0 or threshold < 0 or iterations < 1:
         raise L2SError(
             f"lore: rank ({rank}) and threshold ({threshold}) must be >= 0, iterations "
             f"({iterations}) >= 1"
         )
-    if tensors[0].ndim != 2:
+    if base is not None:
+        if tensors[0].ndim != 2:
+            deltas = [t - base for t in tensors]
+        else:
+            deltas = low_rank_task_vectors(tensors, base, rank=rank, threshold=threshold)
+        return base + alpha * torch.stack(deltas).sum(dim=0)
+    if tensors[0].ndim != 2 or len(tensors) <= 2:
+        # Two models: from θ0' = mean the residuals are ±r, thresholding is odd, the δk
+        # cancel and θ0' stays the mean (tests/test_svd_methods.py checks the estimate).
         return torch.stack(tensors).mean(dim=0)
     estimate = lore_estimate(tensors, rank=rank, threshold=threshold, iterations=iterations)
     return estimate.base + alpha * torch.stack(estimate.deltas).sum(dim=0)

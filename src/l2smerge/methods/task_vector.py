@@ -6,6 +6,9 @@ Defaults are the study's 7B settings; docs/methods.md maps its k and p onto thes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from l2smerge.methods.registry import register
@@ -18,6 +21,7 @@ from l2smerge.methods.sparsify import (
     per_model,
     trim_by_magnitude_,
 )
+from l2smerge.util.errors import warn
 
 # Every method is pure (its inputs are left untouched) but works in place on the task
 # vectors it creates itself: for a 7B model's embedding each float32 copy is ~2 GB.
@@ -31,7 +35,13 @@ def _consensus(base: torch.Tensor, deltas: list[torch.Tensor], alphas: list[floa
     return disjoint_mean_(scaled, elect_sign(scaled)).add_(base)
 
 
-@register("average", needs_base=False, elementwise=True, linear=True)
+def _warn_single_model(config) -> Callable[[str], dict[str, Any]]:
+    if len(config.models) == 1:
+        warn("average of one --model returns that model unchanged (list System 1 and System 2)")
+    return lambda _tensor_name: {}
+
+
+@register("average", needs_base=False, elementwise=True, linear=True, prepare=_warn_single_model)
 def average(tensors: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
     """Plain mean of the models' weights (the base is not counted unless listed as a model)."""
     merged = tensors[0].clone()
@@ -109,10 +119,10 @@ def dare_ties(
     *,
     alpha: float | list[float] = 1.0,
     drop_rate: float | list[float] = 0.3,
-    density: float | list[float] = 1.0,
+    density: float | list[float] = 0.2,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DARE-TIES: DARE on each δk (then optional magnitude trim), elect signs, disjoint mean."""
+    """DARE-TIES: DARE on each δk, then TIES (trim to density, elect signs, disjoint mean)."""
     alphas = per_model(alpha, len(tensors), "alpha")
     rates = per_model(drop_rate, len(tensors), "drop_rate")
     densities = per_model(density, len(tensors), "density")

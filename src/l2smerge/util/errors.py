@@ -9,3 +9,14 @@ class L2SError(Exception):
     """
 
     exit_code = 2
+
+
+class L2SWarning(UserWarning):
+    """Something the user should know about a result that is still produced: an input that
+    changes nothing, an output that equals an input. The CLI prints it as one line."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, L2SWarning, stacklevel=2)
