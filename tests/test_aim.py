@@ -88,6 +88,7 @@ def test_aim_ties_has_ties_parameters_and_omega():
     assert method.params == {
         "omega": 0.4,
         "calibration_fields": "question,short_answer",
+        "relax_head_and_norms": False,
         **get_method("ties").params,
     }
     assert method.context == {"importance"}

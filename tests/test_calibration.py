@@ -114,25 +114,27 @@ def test_streaming_matches_on_a_tied_llama(tmp_path):
     texts = cal.read_calibration(write_calibration(tmp_path / "c.jsonl"), ("question",))
     streamed = cal.activation_importance(model, texts, progress=False)
     whole = cal.activation_importance(model, texts, stream=False, progress=False)
-    assert len(streamed) == 3 * 7 and streamed.keys() == whole.keys()
+    assert len(streamed) == 3 * (7 + 2) + 2 and streamed.keys() == whole.keys()  # + norms, head
     assert all(torch.allclose(streamed[k], whole[k], atol=1e-5) for k in streamed)
 
 
-def test_importance_covers_every_linear_but_the_head(family):
+def test_importance_covers_linears_norms_and_head_but_not_embeddings(family):
     base, _, calib = family
     texts = cal.read_calibration(calib, cal.METHOD_FIELDS["aim"])
     importance = cal.activation_importance(base, texts, progress=False)
     linear = {"q_proj": 32, "k_proj": 32, "v_proj": 32, "o_proj": 32}
     linear |= {"gate_proj": 32, "up_proj": 32, "down_proj": 64}
+    linear |= {"input_layernorm": 32, "post_attention_layernorm": 32}
     attention = ("q_proj", "k_proj", "v_proj", "o_proj")
     expected = {
-        f"model.layers.{i}.{'self_attn' if p in attention else 'mlp'}.{p}"
+        f"model.layers.{i}.{'self_attn.' if p in attention else 'mlp.' if 'proj' in p else ''}{p}"
         for i in range(2)
         for p in linear
     }
-    assert set(importance) == expected
+    # as AIM's reference code: every module with a weight but the embeddings
+    assert set(importance) == expected | {"model.norm", "lm_head"}
     for name, value in importance.items():
-        assert value.shape == (linear[name.rsplit(".", 1)[1]],)
+        assert value.shape == (linear.get(name.rsplit(".", 1)[-1], 32),)
         assert float(value.min()) >= 0 and float(value.max()) == pytest.approx(1.0)
 
 

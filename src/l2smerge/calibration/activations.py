@@ -57,6 +57,30 @@ class _ChannelMeans:
         return out
 
 
+def _weighted_modules(
+    model: torch.nn.Module, prefix: str = ""
+) -> list[tuple[str, torch.nn.Module]]:
+    """Every module with its own `weight` except embeddings, as AIM's reference code hooks
+    them: the Linears, the norms and the output head."""
+    found = []
+    for name, module in model.named_modules():
+        full = f"{prefix}.{name}" if prefix and name else (prefix or name)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and "embed" not in full:
+            found.append((full, module))
+    return found
+
+
+def output_head_name(model_path: str | Path) -> str | None:
+    """The module name of the output head ("lm_head"), from the config alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    head = skeleton.get_output_embeddings()
+    return next((name for name, m in skeleton.named_modules() if m is head), None)
+
+
 def activation_importance(
     model_path: str | Path,
     samples: Sequence[Sample],
@@ -66,9 +90,11 @@ def activation_importance(
     stream: bool = True,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Per-input-channel importance in [0, 1] for every nn.Linear of the model at `model_path`
-    except the output head (an embedding, which AIM leaves alone), keyed by module name (the
-    weight is "<name>.weight"): mean |input| over all calibration tokens, divided by its max.
+    """Per-input-channel importance in [0, 1] for every module with a weight but the
+    embeddings — each nn.Linear, each norm and the output head, as AIM's reference code
+    collects them — keyed by module name (the weight is "<name>.weight"): mean |input| over
+    all calibration tokens, divided by its max. (Whether the head and the norms are relaxed
+    is the merge's choice: methods/aim.py.)
 
     stream=True (and a standard decoder-only layout): the model is built on the meta device
     and one part at a time gets real float32 weights — the embeddings, then each decoder
@@ -91,10 +117,8 @@ def activation_importance(
     parts = decoder_parts(skeleton) if stream else None
     if parts is None:
         model = load_full_model(model_path, device, torch.float32)
-        head = model.get_output_embeddings()
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and module is not head:
-                module.register_forward_hook(stats.hook(name))
+        for name, module in _weighted_modules(model):
+            module.register_forward_hook(stats.hook(name))
         with torch.no_grad(), progress_bar(len(ids), "activations", progress) as step:
             for sample in ids:
                 model(input_ids=sample[None].to(device))
@@ -114,9 +138,8 @@ def activation_importance(
             layer_prefix = f"{prefix}.layers.{index}"
             materialise(layer, layer_prefix, checkpoint, device)
             handles = [
-                module.register_forward_hook(stats.hook(f"{layer_prefix}.{name}"))
-                for name, module in layer.named_modules()
-                if isinstance(module, torch.nn.Linear)
+                module.register_forward_hook(stats.hook(name))
+                for name, module in _weighted_modules(layer, layer_prefix)
             ]
             for i, h in enumerate(hidden):
                 positions = torch.arange(h.shape[1], device=device)[None]
@@ -131,6 +154,15 @@ def activation_importance(
                 handle.remove()
             layer.to("meta")
             step()
+        norm = getattr(decoder, "norm", None)
+        head = skeleton.get_output_embeddings()
+        head_name = next((n for n, m in skeleton.named_modules() if m is head), None)
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            materialise(norm, f"{prefix}.norm", checkpoint, device)
+            for h in hidden:
+                stats.add(f"{prefix}.norm", h)
+                if head_name is not None:
+                    stats.add(head_name, norm(h))
     return stats.importance()
 
 
@@ -150,6 +182,7 @@ def aim_importance(
         "data": file_sha256(calibration),
         "fields": list(fields),
         "max_tokens": max_tokens,
+        "modules": "linear+norms+head",
     }
     key = cache_key("aim", **meta)
     cached = load_cached_tensors(key)

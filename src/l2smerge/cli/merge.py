@@ -91,6 +91,13 @@ def merge(
         Optional[str], typer.Option(help="DARE drop probability p, in [0, 1).")  # noqa: UP045
     ] = None,
     omega: Annotated[Optional[float], typer.Option(help="AIM ω.")] = None,  # noqa: UP045
+    relax_head_and_norms: Annotated[
+        bool,
+        typer.Option(
+            "--relax-head-and-norms",
+            help="AIM: also relax lm_head and the norms (AIM's reference code does).",
+        ),
+    ] = False,
     temperature: Annotated[Optional[float], typer.Option(help="Sens softmax T.")] = None,  # noqa: UP045
     rank: Annotated[Optional[int], typer.Option(help="SVD rank (LoRE, Twin).")] = None,  # noqa: UP045
     calibration: Annotated[
@@ -139,6 +146,7 @@ def merge(
         "density": _number_list("--density", density),
         "drop_rate": _number_list("--drop-rate", drop_rate),
         "omega": omega,
+        "relax_head_and_norms": True if relax_head_and_norms else None,
         "temperature": temperature,
         "rank": rank,
     }

@@ -4,8 +4,9 @@
 model's importance of each input channel of an nn.Linear weight (its columns), measured on
 calibration text (l2smerge.calibration). Channels the base relies on (I = 1) keep only ω of the
 inner merge's change; unused channels (I = 0) take all of it; ω = 1 returns θmerged exactly.
-Embeddings, the output head, biases, norms — every tensor without an importance — keep
-θmerged.
+Embeddings and biases keep θmerged; so do the output head and the norms unless
+`relax_head_and_norms` (AIM's reference code relaxes them too: a norm's weight entry by
+entry, the head column by column, from the importance of their inputs).
 
 `aim --on METHOD` wraps any method; `aim_ties` is `aim --on ties` as its own method name.
 """
@@ -25,7 +26,8 @@ from l2smerge.util.errors import L2SError
 def apply_importance(
     merged: torch.Tensor, base: torch.Tensor, importance: torch.Tensor, omega: float
 ) -> torch.Tensor:
-    """θ0 + (θmerged − θ0)·(1 − I·(1 − ω)) with I broadcast over the rows (one per column).
+    """θ0 + (θmerged − θ0)·(1 − I·(1 − ω)) with I broadcast over the rows (one per column;
+    a 1-D norm weight takes I entry by entry).
 
     Computed as θmerged − (θmerged − θ0)·I·(1 − ω), the same value, so that ω = 1 (or I = 0)
     returns θmerged bit for bit."""
@@ -59,10 +61,31 @@ def prepare_aim(config: Any) -> Callable[[str], dict[str, Any]]:
         raise L2SError(
             "aim needs --calibration FILE (JSONL of question, short_answer, long_answer)"
         )
+    if any("calibration_fields" in m.parameters or m.calibration for m in config.models):
+        raise L2SError(
+            "aim: calibration data is run through the base, so give one --calibration FILE "
+            "and one calibration_fields for all models"
+        )
     fields = calibration.parse_fields(_calibration_fields(config, "question,short_answer"), "aim")
+    relax = (config.parameters or {}).get("relax_head_and_norms", False)
+    if not isinstance(relax, bool):
+        raise L2SError("aim: relax_head_and_norms is true or false, once for the whole model")
     importance = calibration.aim_importance(
         config.base, config.calibration, fields=fields, device=config.device
     )
+    if not relax:
+        from l2smerge.calibration.activations import output_head_name
+        from l2smerge.merge.checkpoint import Checkpoint
+
+        base = Checkpoint(config.base, allow_pickle=config.allow_pickle)
+        head = output_head_name(config.base)
+        importance = {
+            module: value
+            for module, value in importance.items()
+            if module != head
+            and f"{module}.weight" in base
+            and len(base.info(f"{module}.weight").shape) == 2
+        }
 
     def per_tensor(tensor_name: str) -> dict[str, Any]:
         module = tensor_name.removesuffix(".weight")
@@ -85,6 +108,7 @@ def aim(
     on: str = "ties",
     omega: float = 0.4,
     calibration_fields: str = "question,short_answer",
+    relax_head_and_norms: bool = False,
     importance: torch.Tensor | None = None,
     tensor_name: str | None = None,
     generator: torch.Generator | None = None,
@@ -105,7 +129,7 @@ def aim(
     merged = inner.fn(tensors, base, **inner_params, **_context_for(on, context))
     if importance is None:
         return merged
-    if merged.ndim != 2 or merged.shape[1] != importance.numel():
+    if merged.ndim not in (1, 2) or merged.shape[-1] != importance.numel():
         raise L2SError(
             f"aim: tensor {tensor_name!r} of shape {tuple(merged.shape)} does not match its "
             f"importance of {importance.numel()} input channels"
@@ -128,6 +152,7 @@ def register_aim_on(inner_name: str) -> None:
         inspect.Parameter("base", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter("omega", keyword, default=0.4),
         inspect.Parameter("calibration_fields", keyword, default="question,short_answer"),
+        inspect.Parameter("relax_head_and_norms", keyword, default=False),
         *(inspect.Parameter(p, keyword, default=d) for p, d in inner.params.items()),
         *(
             inspect.Parameter(c, keyword, default=None)
