@@ -116,3 +116,45 @@ def test_small_rank_truncation_is_randomized_but_near_optimal_and_deterministic(
     optimal = torch.linalg.svdvals(m)[5:].norm()
     assert optimal <= (m - approx).norm() <= 1.01 * optimal
     assert torch.equal(approx, truncate_rank(m, 5))
+
+
+# -- LoRE: without a base two models are their mean; with a base, low-rank task vectors ------
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.7])
+def test_two_model_lore_without_a_base_is_exactly_the_mean(rank, alpha):
+    _, tensors = _models(2)
+    mean = (tensors[0] + tensors[1]) / 2
+    assert torch.equal(lore(tensors, None, alpha=alpha, rank=rank), mean)
+    # not a shortcut that hides a different answer: the estimate itself gives the mean
+    est = lore_estimate(tensors, rank=rank, iterations=5)
+    assert torch.allclose(est.base, mean, atol=1e-5)
+    assert torch.allclose(est.base + alpha * (est.deltas[0] + est.deltas[1]), mean, atol=1e-4)
+    assert torch.equal(lore(tensors[:1], None, alpha=alpha, rank=rank), tensors[0])
+
+
+def test_lore_with_a_base_estimates_low_rank_task_vectors_relative_to_it():
+    base, tensors = _models(2, delta_rank=2)
+    mean = (tensors[0] + tensors[1]) / 2
+    got = lore(tensors, base, alpha=1.0, rank=2)
+    assert not torch.allclose(got, mean, atol=1e-2)
+    expected = base + sum(truncate_rank(t - base, 2) for t in tensors)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # the study's single-task form: one task vector, thresholded
+    (child,) = tensors[:1]
+    one = lore([child], base, alpha=0.8, threshold=0.3)
+    delta = one - base
+    assert int(torch.linalg.matrix_rank(delta, atol=1e-4)) < min(delta.shape)
+    assert not torch.allclose(one, child, atol=1e-2)
+    # threshold 0 keeps the task vector whole: task arithmetic
+    whole = lore([child], base, alpha=0.8, threshold=0.0)
+    assert torch.allclose(whole, base + 0.8 * (child - base), atol=1e-5)
+    # 1-D tensors: task arithmetic with alpha
+    b1, t1 = torch.zeros(5), torch.arange(5.0)
+    assert torch.allclose(lore([t1], b1, alpha=0.5), 0.5 * t1)
+
+
+def test_lore_takes_a_base_when_given():
+    method = get_method("lore")
+    assert method.needs_base is False and method.extra["optional_base"] is True
