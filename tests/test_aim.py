@@ -193,3 +193,27 @@ def test_aim_without_on_takes_its_default_inner_methods_options(family, tmp_path
     # provenance fingerprints the calibration data, not only its path
     digest = hashlib.sha256(calib.read_bytes()).hexdigest()
     assert record["calibration"] == {"path": str(calib), "sha256": digest}
+
+
+def test_relax_head_and_norms_as_the_reference_code(family):
+    root, base, child, calib = family
+    common = dict(models=[child], base=base, calibration=calib)
+    params = {"density": 0.2, "alpha": 1.0, "omega": 0.4}
+    plain = _merge(root, "ties-r", method="ties", **{**common, "calibration": None},
+                   parameters={"density": 0.2, "alpha": 1.0})  # fmt: skip
+    kept = _merge(root, "aim-keep", method="aim_ties", parameters=params, **common)
+    relaxed = _merge(
+        root, "aim-relax", method="aim_ties",
+        parameters={**params, "relax_head_and_norms": True}, **common,
+    )  # fmt: skip
+    importance = cal.aim_importance(base, calib, progress=False)
+    b = load_file(base / "model.safetensors")
+    for name in ("lm_head.weight", "model.norm.weight", "model.layers.1.input_layernorm.weight"):
+        assert torch.equal(kept[name], plain[name]), name  # the default leaves them alone
+        expected = apply_importance(plain[name], b[name], importance[name[: -len(".weight")]], 0.4)
+        assert torch.allclose(relaxed[name], expected), name
+        assert not torch.equal(relaxed[name], plain[name]), name
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.bias"):
+        assert torch.equal(relaxed[name], plain[name]), name  # embeddings, biases: never
+    linear = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(relaxed[linear], kept[linear])

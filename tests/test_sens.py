@@ -116,3 +116,104 @@ def test_sens_refusals(family):
     with pytest.raises(L2SError, match="per model"):
         prepare_sens(per_model)
     assert not (root / "never").exists()
+
+
+# -- the study's setting: zero task vectors skipped, per-model calibration, float32 ----------
+
+
+def test_a_zero_task_vector_is_skipped_before_any_gradient_pass(family, monkeypatch, tmp_path):
+    root, base, kids, calib = family
+    monkeypatch.setenv("L2SMERGE_CACHE_DIR", str(tmp_path / "cache"))
+    # the base re-saved in shards: another fingerprint, the same weights (δ = 0)
+    from tiny import make_tiny_model
+
+    resaved = make_tiny_model(tmp_path / "resaved", base=base, noise=0.0, max_shard_size="20KB")
+    backward_calls = []
+    real_backward = torch.Tensor.backward
+
+    def counting(self, *args, **kwargs):
+        backward_calls.append(1)
+        return real_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counting)
+    config = MergeConfig.build(
+        method="sens", models=[resaved, kids[0]], base=base, calibration=calib,
+        parameters={"alpha": 0.7, "temperature": 2.0},
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="zero task vector"):
+        per_tensor = prepare_sens(config)
+    assert len(backward_calls) == 4  # one pass per calibration line, for kids[0] only
+    single = prepare_sens(
+        MergeConfig.build(
+            method="sens",
+            models=[kids[0]],
+            base=base,
+            calibration=calib,
+            parameters={"alpha": 0.7, "temperature": 2.0},
+        )  # fmt: skip
+    )
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"):
+        zero, child = per_tensor(name)["alpha"]
+        assert zero == 0.0
+        assert child == pytest.approx(single(name)["alpha"][0])  # the single-task coefficients
+    sensitivities, alignment = cal.sens_statistics(base, [resaved, kids[0]], calib, progress=False)
+    assert all(v == 0 for v in sensitivities[0].values()) and alignment is None
+
+
+def test_each_model_takes_its_own_calibration_file_and_fields(family, monkeypatch, tmp_path):
+    root, base, kids, calib = family
+    monkeypatch.setenv("L2SMERGE_CACHE_DIR", str(tmp_path / "cache"))
+    long_only = write_calibration(tmp_path / "long.jsonl", [("Q?", "", "a long answer, wait, yes")])
+    seen = []
+    real = cal.task_sensitivity
+
+    def recording(model, base_path, samples, **kwargs):
+        seen.append((model.name, [tuple(s) for s in samples]))
+        return real(model, base_path, samples, **kwargs)
+
+    monkeypatch.setattr(cal.sensitivity, "task_sensitivity", recording)
+    from l2smerge.cli.merge import per_model_values
+
+    shared, own = per_model_values(
+        "--calibration", [str(calib), f"{kids[1].name}={long_only}"], kids, is_file=True
+    )
+    assert shared == str(calib) and own == {1: str(long_only)}
+    fields_shared, fields_own = per_model_values(
+        "--calibration-fields", [f"{kids[1]}=question,long_answer"], kids, is_file=False
+    )
+    assert fields_shared is None and fields_own == {1: "question,long_answer"}
+    config = MergeConfig.build(
+        method="sens", models=kids, base=base, calibration=calib,
+        model_calibration=[None, long_only],
+        parameters={"calibration_fields": ["question,short_answer", "question,long_answer"]},
+    )  # fmt: skip
+    prepare_sens(config)
+    assert seen == [
+        (kids[0].name, [("question", "short_answer")] * 4),
+        (kids[1].name, [("question", "long_answer")]),
+    ]
+    # the same recipe through YAML, paths relative to the file
+    recipe = tmp_path / "sens.yaml"
+    recipe.write_text(config.to_yaml())
+    again = MergeConfig.from_yaml(recipe)
+    assert again.models[1].calibration == long_only.resolve()
+    assert again.models[0].parameters == {"calibration_fields": "question,short_answer"}
+    with pytest.raises(L2SError, match="not one of the --model inputs"):
+        per_model_values("--calibration", ["nomodel=x.jsonl"], kids, is_file=True)
+
+
+def test_sens_merges_are_float32_unless_dtype_is_given(family, tmp_path):
+    root, base, kids, calib = family
+    from tiny import make_tiny_model
+
+    b16 = make_tiny_model(tmp_path / "b16", base=base, noise=0.0, dtype=torch.bfloat16)
+    k16 = make_tiny_model(tmp_path / "k16", base=base, noise=0.05, seed=5, dtype=torch.bfloat16)
+    common = dict(method="sens", models=[k16], base=b16, calibration=calib)
+    run_merge(MergeConfig.build(**common), tmp_path / "f32", progress=False)
+    assert load_file(tmp_path / "f32" / "model.safetensors")["lm_head.weight"].dtype == (
+        torch.float32
+    )
+    run_merge(MergeConfig.build(dtype="bfloat16", **common), tmp_path / "bf", progress=False)
+    assert load_file(tmp_path / "bf" / "model.safetensors")["lm_head.weight"].dtype == (
+        torch.bfloat16
+    )
