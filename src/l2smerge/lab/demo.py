@@ -26,6 +26,7 @@ PRESET_SCALE = "7b"  # the study's main pair; its settings are the presets "<met
 MAX_TOKENS = 256  # the longest System 2 answer is about 110 characters (= tokens)
 BENCH = "lab"
 DEFAULT_LIMIT = 100  # 20 items per level keeps the demo within 5 minutes on 2 CPU cores
+SENS_FIELDS = "question,short_answer"
 
 
 def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -44,12 +45,20 @@ def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, A
         )
     points: list[tuple[str, dict[str, Any]]] = []
     for name in chosen:
+        if name == "dare_ta":  # the study's plain DARE row (DARE, then Average) comes first
+            points.append(("dare", {"preset": f"dare@{PRESET_SCALE}"}))
         if name == "task_arithmetic":
             points += [(f"task_arithmetic-a{a:g}", {"method": name, "alpha": a}) for a in TA_ALPHAS]
+        elif name == "sens":  # the study calibrated System 2 on question + short answer
+            point = {"preset": f"sens@{PRESET_SCALE}", "calibration_fields": SENS_FIELDS}
+            points.append((name, point))
         elif f"{name}@{PRESET_SCALE}" in PRESETS:
             points.append((name, {"preset": f"{name}@{PRESET_SCALE}"}))
         else:  # no study setting (e.g. lore, twin): the method's defaults
             points.append((name, {"method": name}))
+    # Every point but average merges System 2's task vector onto the System 1 base: the
+    # executor leaves the System 1 --model out of those (a zero task vector), so lore, twin
+    # and sens run the study's single-task path (--base S1 --model S2).
     return points
 
 
