@@ -225,7 +225,8 @@ def twin(
     shared = θ0 + α·Σ δk; exclusive_k = θk − shared, compressed to rank `rank` by SVD;
     θ = shared + (1/K)·Σ_k exclusive_k^(r). The uniform 1/K stands in for Twin-Merging's
     input-dependent router, which a static checkpoint cannot carry. At full rank this is
-    exactly the mean of the models. 1-D tensors keep their exclusive parts whole (a vector is
+    exactly the mean of the models. The study's single-task path (--base S1 --model S2) is
+    θ0 + α·δ + (1 − α)·δ^(r). 1-D tensors keep their exclusive parts whole (a vector is
     already rank 1).
     """
     if rank < 1:
