@@ -217,3 +217,33 @@ def test_sens_merges_are_float32_unless_dtype_is_given(family, tmp_path):
     assert load_file(tmp_path / "bf" / "model.safetensors")["lm_head.weight"].dtype == (
         torch.bfloat16
     )
+
+
+def test_cli_takes_per_model_calibration(family, tmp_path, monkeypatch, capsys):
+    import sys
+
+    import yaml
+
+    from l2smerge.cli import main
+
+    root, base, kids, calib = family
+    long_only = write_calibration(tmp_path / "long.jsonl", [("Q?", "", "a long answer, wait, yes")])
+    out = tmp_path / "out"
+    args = ["merge", "--base", str(base), "--model", str(kids[0]), "--model", str(kids[1]),
+            "--method", "sens", "--calibration", str(calib),
+            "--calibration", f"{kids[1].name}={long_only}",
+            "--calibration-fields", f"{kids[1]}=question,long_answer",
+            "--no-progress", "-o", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["l2smerge", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    recipe = yaml.safe_load((out / "merge.yaml").read_text())
+    assert recipe["calibration"] == str(calib)
+    assert recipe["models"][0] == str(kids[0])
+    assert recipe["models"][1] == {
+        "path": str(kids[1]),
+        "parameters": {"calibration_fields": "question,long_answer"},
+        "calibration": str(long_only),
+    }
