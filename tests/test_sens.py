@@ -1,3 +1,5 @@
+import hashlib
+import json
 import time
 
 import pytest
@@ -247,3 +249,6 @@ def test_cli_takes_per_model_calibration(family, tmp_path, monkeypatch, capsys):
         "parameters": {"calibration_fields": "question,long_answer"},
         "calibration": str(long_only),
     }
+    record = json.loads((out / "l2smerge.json").read_text())
+    digest = hashlib.sha256(long_only.read_bytes()).hexdigest()
+    assert record["per_model_calibration"] == [None, {"path": str(long_only), "sha256": digest}]

@@ -46,7 +46,15 @@ def _options(
 
 # Subcommand modules; a missing one (work in progress) is skipped, not fatal.
 _COMMAND_MODULES = (
-    "merge", "methods", "eval", "lab", "demo", "compare", "report", "sweep", "export"
+    "merge",
+    "methods",
+    "eval",
+    "lab",
+    "demo",
+    "compare",
+    "report",
+    "sweep",
+    "export",
 )
 for _name in _COMMAND_MODULES:
     try:

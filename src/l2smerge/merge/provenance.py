@@ -148,6 +148,10 @@ def hub_source(path: str | Path) -> dict[str, str] | None:
     return None
 
 
+def _calibration_record(path: Path | None) -> dict[str, str] | None:
+    return None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
+
+
 def write_provenance(
     out: Path,
     config: MergeConfig,
@@ -179,11 +183,8 @@ def write_provenance(
         "per_model_parameters": [m.parameters for m in config.models],
         "seed": config.seed,
         "preset": config.preset,
-        "calibration": (
-            {"path": str(config.calibration), "sha256": file_sha256(Path(config.calibration))}
-            if config.calibration
-            else None
-        ),
+        "calibration": _calibration_record(config.calibration),
+        "per_model_calibration": [_calibration_record(m.calibration) for m in config.models],
         "inputs": inputs,
         "config_from": str(config.config_source),
         "output": output,
