@@ -42,7 +42,8 @@ def test_a_model_that_is_the_base_is_left_out_with_a_warning(pair, tmp_path, met
         for name in single:
             assert torch.equal(both[name], single[name]), name
     record = json.loads((tmp_path / "both" / "l2smerge.json").read_text())
-    assert [i["role"] for i in record["inputs"]] == ["base", "model 1"]
+    assert record["output"]["left_out_models"] == [str(copy)]
+    assert [m["path"] for m in record["config"]["models"]] == [str(copy), str(s2)]  # as given
 
 
 def test_twin_with_the_base_as_a_model_would_not_be_twin(pair, tmp_path):

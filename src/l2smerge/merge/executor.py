@@ -81,6 +81,7 @@ class MergePlan:
     num_layers: int
     device: torch.device
     extra_fns: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # --model inputs that are the base
 
     @property
     def input_bytes(self) -> int:
@@ -196,8 +197,10 @@ def plan_merge(config: MergeConfig) -> MergePlan:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2SError(f"--device {config.device}: no CUDA device is available")
 
+    given = config
     if config.base is not None and uses_base(method, True):
         config = drop_base_copies(config)
+    left_out = [str(m.path) for m in given.models if m not in config.models]
 
     checkpoints: dict[Path, Checkpoint] = {}
 
@@ -291,6 +294,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         tied_output,
         _num_layers(reference),
         device,
+        left_out=left_out,
     )
 
 
@@ -609,6 +613,7 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
         "total_bytes": writer.total_size,
         "tie_word_embeddings": plan.tied_output,
         "seconds": round(time.perf_counter() - start, 3),
+        "left_out_models": plan.left_out,  # --model inputs that are the base (zero task vector)
     }
 
 
@@ -650,7 +655,7 @@ def run_merge(
         copy_side_files(plan.reference.path, tmp)
         write_provenance(
             tmp,
-            plan.config,
+            config,  # the recipe as given: rerun, it leaves out the same models again
             parameters=resolved_parameters(plan),
             fingerprints=fingerprints.join(),
             output=output,
