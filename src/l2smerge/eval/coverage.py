@@ -1,0 +1,154 @@
+"""Key-point coverage as numbers: per item (which points a response covers) and per task or
+group (mean coverage with a 95% interval, the share of responses covering every point,
+tokens). Pure functions on judgements and results.jsonl records."""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from l2smerge.eval.judges.base import Judgement
+from l2smerge.eval.metrics import Z95, wilson_interval
+from l2smerge.eval.tasks import KeyPoint
+
+# Macro-averaged over tasks, like accuracy over benchmarks.
+AVERAGED_FIELDS = ("mean_coverage", "full_coverage_ratio", "mean_tokens", "median_tokens")
+
+
+def coverage_fields(judgement: Judgement, key_points: Sequence[KeyPoint]) -> dict[str, Any]:
+    """The coverage part of one results.jsonl line. A judge error leaves coverage null (no
+    verdict, neither a pass nor a miss) and says why."""
+    names = [p.text for p in key_points]
+    if judgement.verdicts is None:
+        return {
+            "key_points": names,
+            "covered_points": None,
+            "coverage": None,
+            "full_coverage": None,
+            "verdicts": None,
+            "judge_error": judgement.error or "no verdict",
+        }
+    covered = [v.point for v in judgement.verdicts if v.covered]
+    out: dict[str, Any] = {
+        "key_points": names,
+        "covered_points": covered,
+        "coverage": len(covered) / len(names),
+        "full_coverage": len(covered) == len(names),
+        "verdicts": [v.to_json() for v in judgement.verdicts],
+        "judge_error": None,
+    }
+    if judgement.input_truncated:
+        out["judge_input_truncated"] = True
+    return out
+
+
+def dropped_points(record: dict[str, Any]) -> list[str] | None:
+    """The key points a judged response does not cover; None after a judge error."""
+    if record.get("coverage") is None:
+        return None
+    covered = set(record["covered_points"])
+    return [p for p in record["key_points"] if p not in covered]
+
+
+@functools.lru_cache(maxsize=512)
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom, by bisection on its
+    exact CDF (a finite trigonometric sum for integer df, Abramowitz & Stegun 26.7.3-4)."""
+    if df < 1:
+        raise ValueError("df must be at least 1")
+    if df > 1000:  # within 0.001 of the normal quantile
+        return Z95 * (1 + (1 + Z95**2) / (4 * df))
+
+    def central(t: float) -> float:  # P(|T| <= t)
+        theta = math.atan(t / math.sqrt(df))
+        c2 = math.cos(theta) ** 2
+        if df % 2:  # odd
+            term, total = math.cos(theta), 0.0
+            if df > 1:
+                total = term
+                for k in range(3, df - 1, 2):
+                    term *= c2 * (k - 1) / k
+                    total += term
+            return 2 / math.pi * (theta + math.sin(theta) * total)
+        term = total = 1.0
+        for k in range(2, df - 1, 2):
+            term *= c2 * (k - 1) / k
+            total += term
+        return math.sin(theta) * total
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if central(mid) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values: Sequence[float]) -> list[float] | None:
+    """95% Student-t interval for the mean of values in [0, 1], clipped to [0, 1]; [0, 1]
+    for a single value; None for none. Values all equal give a point: it says nothing about
+    items not seen, so read it with n."""
+    n = len(values)
+    if n == 0:
+        return None
+    if n == 1:
+        return [0.0, 1.0]
+    mean = statistics.fmean(values)
+    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return [max(0.0, mean - half), min(1.0, mean + half)]
+
+
+def coverage_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """n, judged items, judge errors, mean coverage (+ 95% interval), the share fully
+    covered (+ Wilson interval), key points in all and covered, tokens, truncation."""
+    judged = [r for r in records if r.get("coverage") is not None]
+    values = [float(r["coverage"]) for r in judged]
+    full = sum(bool(r["full_coverage"]) for r in judged)
+    tokens = [r["tokens"] for r in records if r.get("tokens") is not None]
+    return {
+        "n": len(records),
+        "judged": len(judged),
+        "judge_errors": len(records) - len(judged),
+        "mean_coverage": statistics.fmean(values) if values else None,
+        "coverage_ci95": mean_interval(values),
+        "full_coverage_ratio": full / len(judged) if judged else None,
+        "full_coverage_ci95": wilson_interval(full, len(judged)) if judged else None,
+        "key_points": sum(len(r["key_points"]) for r in judged),
+        "covered_points": sum(len(r["covered_points"]) for r in judged),
+        "mean_tokens": statistics.fmean(tokens) if tokens else None,
+        "median_tokens": statistics.median(tokens) if tokens else None,
+        "truncated_ratio": (
+            sum(bool(r.get("truncated")) for r in records) / len(records) if records else 0.0
+        ),
+    }
+
+
+def group_of(record: dict[str, Any]) -> str:
+    """A record's task group; its task (bench) when it has none."""
+    group = record.get("group")
+    return str(group) if group not in (None, "") else str(record["bench"])
+
+
+def per_group(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`coverage_metrics` for each group, groups in order of first appearance."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(group_of(record), []).append(record)
+    return {name: coverage_metrics(rs) for name, rs in groups.items()}
+
+
+def macro_average(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The unweighted mean over tasks of each field in AVERAGED_FIELDS (None when a task
+    lacks it), with the total n and judge errors."""
+    out: dict[str, Any] = {
+        "tasks": len(per_task),
+        "n": sum(m["n"] for m in per_task.values()),
+        "judge_errors": sum(m["judge_errors"] for m in per_task.values()),
+    }
+    for name in AVERAGED_FIELDS:
+        values = [m[name] for m in per_task.values() if m.get(name) is not None]
+        ok = values and len(values) == len(per_task)
+        out[name] = statistics.fmean(values) if ok else None
+    return out
