@@ -154,3 +154,23 @@ def test_task_names(tmp_path):
     write(tmp_path / "billing.jsonl", GOOD)
     names = [t.name for t in load_tasks([tmp_path / "faq.jsonl", tmp_path / "billing.jsonl"])]
     assert names == ["faq", "billing"]
+
+
+def test_lab_task_file_is_valid_and_judged_by_its_hops(tmp_path):
+    from l2smerge.eval.judges.lexical import judge_response
+    from l2smerge.lab.bench import benchmark_items
+    from l2smerge.lab.freeform import write_task
+    from l2smerge.lab.task import long_answer, short_answer
+
+    path = write_task(tmp_path, per_level=2)
+    task = load_task(path)
+    assert task.name == "lab-steps" and len(task.items) == 10
+    assert {i.group for i in task.items} == {f"level-{n}" for n in range(1, 6)}
+    for item, lab in zip(task.items, benchmark_items(2), strict=True):
+        assert item.question == lab.question and item.messages[0]["role"] == "system"
+        n = len(item.key_points)
+        assert n == (1 if lab.level == 1 else lab.level + 1)
+        assert judge_response(long_answer(lab), item.key_points).covered == [True] * n
+        # System 1's direct answer states the conclusion only
+        conclusion_only = [False] * (n - 1) + [True]
+        assert judge_response(short_answer(lab), item.key_points).covered == conclusion_only
