@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import statistics
-
 import pytest
 
 from l2smerge.eval.coverage import (
@@ -14,9 +11,9 @@ from l2smerge.eval.coverage import (
     macro_average,
     mean_interval,
     per_group,
-    t_quantile_975,
 )
 from l2smerge.eval.judges import COVERED, MISSED, UNSUPPORTED, Judgement, PointVerdict
+from l2smerge.eval.metrics import wilson_interval
 from l2smerge.eval.tasks import KeyPoint
 
 POINTS = (KeyPoint("a", ("a",)), KeyPoint("b", ("b",)), KeyPoint("c", ("c",)))
@@ -42,23 +39,17 @@ def test_judge_error_is_neither_pass_nor_miss():
     assert fields["judge_error"] == "malformed judge output" and dropped_points(fields) is None
 
 
-@pytest.mark.parametrize(
-    ("df", "quantile"),
-    [(1, 12.7062), (2, 4.3027), (3, 3.1824), (5, 2.5706), (10, 2.2281), (30, 2.0423),
-     (120, 1.9799), (1000, 1.9623), (100_000, 1.9600)],
-)  # fmt: skip
-def test_t_quantiles_match_tables(df, quantile):
-    assert t_quantile_975(df) == pytest.approx(quantile, abs=1e-4)
-
-
 def test_mean_interval():
-    assert mean_interval([]) is None and mean_interval([0.5]) == [0.0, 1.0]
+    assert mean_interval([]) is None
     values = [1.0, 0.5, 0.75, 1.0, 0.25]
-    lo, hi = mean_interval(values)
-    half = 2.7764 * statistics.stdev(values) / math.sqrt(5)
-    assert lo == pytest.approx(0.7 - half, abs=1e-4) and hi == pytest.approx(min(1, 0.7 + half))
-    assert mean_interval([1.0, 1.0, 1.0]) == [1.0, 1.0]
-    assert mean_interval([0.0, 1.0]) == [0.0, 1.0]  # clipped
+    assert mean_interval(values) == list(wilson_interval(3.5, 5))
+    # one key point per item: exactly the Wilson interval of the share covered
+    assert mean_interval([1.0, 0.0, 1.0, 1.0]) == list(wilson_interval(3, 4))
+    # every item fully covered still leaves a width that shrinks with n
+    lo5, hi5 = mean_interval([1.0] * 5)
+    lo50, hi50 = mean_interval([1.0] * 50)
+    assert hi5 == hi50 == 1.0 and lo5 < lo50 < 1.0
+    assert mean_interval([0.5]) == list(wilson_interval(0.5, 1))
 
 
 def record(bench, coverage, tokens, group=None, points=3):

@@ -4,14 +4,13 @@ tokens). Pure functions on judgements and results.jsonl records."""
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from l2smerge.eval.judges.base import Judgement
-from l2smerge.eval.metrics import Z95, wilson_interval
+from l2smerge.eval.metrics import wilson_interval
 from l2smerge.eval.tasks import KeyPoint
 
 # Macro-averaged over tasks, like accuracy over benchmarks.
@@ -53,51 +52,15 @@ def dropped_points(record: dict[str, Any]) -> list[str] | None:
     return [p for p in record["key_points"] if p not in covered]
 
 
-@functools.lru_cache(maxsize=512)
-def t_quantile_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom, by bisection on its
-    exact CDF (a finite trigonometric sum for integer df, Abramowitz & Stegun 26.7.3-4)."""
-    if df < 1:
-        raise ValueError("df must be at least 1")
-    if df > 1000:  # within 0.001 of the normal quantile
-        return Z95 * (1 + (1 + Z95**2) / (4 * df))
-
-    def central(t: float) -> float:  # P(|T| <= t)
-        theta = math.atan(t / math.sqrt(df))
-        c2 = math.cos(theta) ** 2
-        if df % 2:  # odd
-            term, total = math.cos(theta), 0.0
-            if df > 1:
-                total = term
-                for k in range(3, df - 1, 2):
-                    term *= c2 * (k - 1) / k
-                    total += term
-            return 2 / math.pi * (theta + math.sin(theta) * total)
-        term = total = 1.0
-        for k in range(2, df - 1, 2):
-            term *= c2 * (k - 1) / k
-            total += term
-        return math.sin(theta) * total
-
-    lo, hi = 0.0, 1000.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if central(mid) < 0.95 else (lo, mid)
-    return (lo + hi) / 2
-
-
 def mean_interval(values: Sequence[float]) -> list[float] | None:
-    """95% Student-t interval for the mean of values in [0, 1], clipped to [0, 1]; [0, 1]
-    for a single value; None for none. Values all equal give a point: it says nothing about
-    items not seen, so read it with n."""
-    n = len(values)
-    if n == 0:
+    """95% interval for the mean of coverages in [0, 1]: the Wilson score interval with the
+    summed coverage as the count of successes. A coverage varies at most as much as a 0/1
+    outcome with the same mean, so this is conservative, it is exactly Wilson's interval when
+    every item has one key point, and, unlike a t interval, it keeps a width when every item
+    has the same coverage (all covered: it says how sure n items can make you)."""
+    if not values:
         return None
-    if n == 1:
-        return [0.0, 1.0]
-    mean = statistics.fmean(values)
-    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return [max(0.0, mean - half), min(1.0, mean + half)]
+    return list(wilson_interval(math.fsum(values), len(values)))
 
 
 def coverage_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -114,7 +77,7 @@ def coverage_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "mean_coverage": statistics.fmean(values) if values else None,
         "coverage_ci95": mean_interval(values),
         "full_coverage_ratio": full / len(judged) if judged else None,
-        "full_coverage_ci95": wilson_interval(full, len(judged)) if judged else None,
+        "full_coverage_ci95": list(wilson_interval(full, len(judged))) if judged else None,
         "key_points": sum(len(r["key_points"]) for r in judged),
         "covered_points": sum(len(r["covered_points"]) for r in judged),
         "mean_tokens": statistics.fmean(tokens) if tokens else None,
