@@ -20,6 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from l2smerge.choose.coverage_ab import (
+    coverage_comparison,
+    is_freeform,
+    render_coverage_markdown,
+)
 from l2smerge.choose.stats import (
     DEFAULT_RESAMPLES,
     mcnemar_exact,
@@ -222,6 +227,15 @@ def compare_runs(
     for bench, stats in per_bench.items():
         stats["only_in_a"] = sum(1 for b, _ in run_a.records if b == bench) - stats["n"]
         stats["only_in_b"] = sum(1 for b, _ in run_b.records if b == bench) - stats["n"]
+    freeform = [
+        (run_a.records[k], run_b.records[k]) for k in shared if is_freeform(run_a.records[k])
+    ]
+    coverage = {}
+    if freeform:  # free-form tasks: key-point coverage and the dropped points (docs/tasks.md)
+        judges = (run_a.summary.get("judge"), run_b.summary.get("judge"))
+        coverage["coverage"] = coverage_comparison(
+            freeform, resamples=resamples, seed=seed, judges=judges
+        )
     return {
         "run_a": {"label": run_a.label, "path": str(run_a.path)},
         "run_b": {"label": run_b.label, "path": str(run_b.path)},
@@ -242,6 +256,7 @@ def compare_runs(
             "only_in_a": sorted(set(run_a.benches) - set(bench_pairs)),
             "only_in_b": sorted(set(run_b.benches) - set(bench_pairs)),
         },
+        **coverage,
     }
 
 
@@ -406,6 +421,8 @@ def render_markdown(
                 level_rows,
             )
         )
+    if "coverage" in result:
+        parts += ["", render_coverage_markdown(result["coverage"], a, b)]
     for title, items, fname in (
         (f"A right, B wrong (what `{b}` dropped)", a_wins, "a_right_b_wrong.jsonl"),
         (f"B right, A wrong (what `{b}` gained)", b_wins, "b_right_a_wrong.jsonl"),

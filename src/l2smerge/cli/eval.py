@@ -1,4 +1,5 @@
-"""`l2smerge eval`: accuracy, length and reflection of a model on the reasoning benchmarks."""
+"""`l2smerge eval`: accuracy, length and reflection of a model on the reasoning benchmarks;
+key-point coverage on free-form tasks (--task, docs/tasks.md)."""
 
 from __future__ import annotations
 
@@ -79,9 +80,47 @@ def eval_command(
     retries: int = typer.Option(
         5, "--retries", help="openai: retries on 429/5xx/network errors, with exponential backoff."
     ),
+    task: list[Path] = typer.Option(
+        None,
+        "--task",
+        "-t",
+        help="A free-form task file (JSONL of id, prompt|messages, key_points; docs/tasks.md); "
+        "repeat for several. Beside or instead of --bench.",
+    ),
+    judge: str = typer.Option("lexical", "--judge", help="Coverage judge: lexical | llm."),
+    judge_url: str = typer.Option(
+        None, "--judge-url", help="llm judge: OpenAI-compatible endpoint, e.g. http://host/v1."
+    ),
+    judge_model: str = typer.Option(None, "--judge-model", help="llm judge: the model name."),
+    judge_api_key_env: str = typer.Option(
+        "L2SMERGE_JUDGE_API_KEY",
+        "--judge-api-key-env",
+        help="llm judge: the environment variable holding its API key.",
+    ),
+    judge_concurrency: int = typer.Option(
+        4, "--judge-concurrency", help="llm judge: requests in flight."
+    ),
+    judge_max_tokens: int = typer.Option(
+        2048, "--judge-max-tokens", help="llm judge: token limit of a verdict."
+    ),
+    judge_max_chars: int = typer.Option(
+        100_000, "--judge-max-chars", help="llm judge: longer responses get a judge error."
+    ),
+    judge_repairs: int = typer.Option(
+        2, "--judge-repairs", help="llm judge: malformed answers sent back before a judge error."
+    ),
+    judge_retries: int = typer.Option(
+        5, "--judge-retries", help="llm judge: retries on 429/5xx/network errors."
+    ),
+    judge_cache: Path = typer.Option(
+        None,
+        "--judge-cache",
+        help="llm judge: verdict cache folder [default: $L2SMERGE_CACHE_DIR/judge].",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Evaluate MODEL on reasoning benchmarks: accuracy, response length, reflection."""
+    """Evaluate MODEL on reasoning benchmarks (accuracy, response length, reflection) and on
+    free-form tasks (key-point coverage)."""
     from rich.console import Console
 
     from l2smerge.eval import evaluate
@@ -101,6 +140,19 @@ def eval_command(
             timeout=timeout,
             retries=retries,
         )
+    judge_options = None
+    if judge == "llm":
+        judge_options = dict(
+            url=judge_url,
+            model=judge_model,
+            api_key_env=judge_api_key_env,
+            concurrency=judge_concurrency,
+            max_tokens=judge_max_tokens,
+            max_chars=judge_max_chars,
+            malformed_retries=judge_repairs,
+            retries=judge_retries,
+            cache_dir=judge_cache,
+        )
     summary = evaluate(
         model,
         bench,
@@ -115,8 +167,15 @@ def eval_command(
         tokenizer=tokenizer,
         device=device,
         progress=progress,
+        tasks=task or None,
+        judge=judge,
+        judge_options=judge_options,
         **backend_opts,
     )
     console = Console()
     console.print(summary_table(summary))
+    if "coverage_average" in summary:
+        from l2smerge.eval.freeform import coverage_table
+
+        console.print(coverage_table(summary))
     console.print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}")

@@ -51,7 +51,9 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         if missing:
             raise L2SError(f"{results}:{lineno}: missing field(s) {', '.join(missing)}")
         try:
-            key = (str(row["bench"]), int(row["id"]))
+            # a free-form task's ids are text (docs/tasks.md); a benchmark's, line numbers
+            freeform = isinstance(row.get("key_points"), list)
+            key = (str(row["bench"]), str(row["id"]) if freeform else int(row["id"]))
             row["correct"] = bool(row["correct"])
             # null tokens: a replayed run without --tokenizer has no token counts
             row["tokens"] = None if row["tokens"] is None else int(row["tokens"])

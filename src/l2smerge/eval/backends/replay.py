@@ -1,5 +1,6 @@
 """Responses produced elsewhere (another harness, a production log), read from JSONL lines
-`{"bench": ..., "id": <0-based line number>, "response": ...}`. Optional per line:
+`{"bench": ..., "id": <0-based line number>, "response": ...}`, or for a free-form task
+`{"task": ..., "id": <its id>, "response": ...}` (docs/tasks.md). Optional per line:
 `"truncated": bool` or `"finish_reason": "length"`, and `"tokens": int` (used when no
 tokenizer is given)."""
 
@@ -31,32 +32,44 @@ class ReplayBackend:
         self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
         self.lines: dict[tuple[str, int], dict[str, Any]] = {}
         self.line_numbers: dict[tuple[str, int], int] = {}
+        self.text_keys: dict[tuple[str, str], tuple[str, Any]] = {}
         for lineno, row in iter_jsonl(self.path):
             self._add(lineno, row)
 
     def _add(self, lineno: int, row: dict[str, Any]) -> None:
         where = f"{self.path}:{lineno}"
-        for name, kind in (("bench", str), ("id", int), ("response", str)):
-            if not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
+        # a free-form task's line names its "task" (or "bench", as in results.jsonl) and has
+        # a string or integer id, compared as text (docs/tasks.md)
+        field = "task" if "task" in row else "bench"
+        item_id = row.get("id")
+        for name, kind in ((field, str), ("response", str)):
+            if not isinstance(row.get(name), kind):
                 raise L2SError(f"{where}: field {name!r} must be a {kind.__name__}")
-        key = (row["bench"], row["id"])
-        if key in self.lines:
-            first = self.line_numbers[key]
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, str)):
+            raise L2SError(f"{where}: field 'id' must be an int (a task's: an int or a string)")
+        key = (row[field], item_id)
+        text_key = (key[0], str(item_id))
+        if text_key in self.text_keys:
+            first = self.line_numbers[self.text_keys[text_key]]
             raise L2SError(f"{where}: duplicate response for {key[0]} id {key[1]} (line {first})")
         self.lines[key] = row
         self.line_numbers[key] = lineno
+        self.text_keys[text_key] = key
 
-    def keys(self) -> list[tuple[str, int]]:
+    def keys(self) -> list[tuple[str, Any]]:
         return list(self.lines)
 
-    def where(self, key: tuple[str, int]) -> str:
+    def where(self, key: tuple[str, Any]) -> str:
         return f"{self.path}:{self.line_numbers[key]}"
+
+    def _row(self, key: tuple[str, Any]) -> dict[str, Any]:
+        return self.lines.get(key) or self.lines[self.text_keys[(key[0], str(key[1]))]]
 
     def generate(
         self, requests: Sequence[Request], max_tokens: int
     ) -> Iterator[tuple[int, Generation]]:
         for index, request in enumerate(requests):
-            row = self.lines[request.key]
+            row = self._row(request.key)
             response = row["response"]
             tokens = count_tokens(self.tokenizer, response)
             if tokens is None and isinstance(row.get("tokens"), int):
