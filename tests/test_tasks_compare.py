@@ -52,7 +52,7 @@ def pairs_with_known_drops(n=40, seed=1):
 
 
 def test_dropped_points_are_named_and_ranked():
-    result = coverage_comparison(pairs_with_known_drops(), resamples=500)
+    result = coverage_comparison(pairs_with_known_drops())
     faq = result["tasks"]["faq"]
     assert faq["n"] == 40
     assert result["skipped"] == {"judge_error_a": 1, "judge_error_b": 1, "key_points_differ": 1}
@@ -85,13 +85,13 @@ def test_no_difference_is_not_significant():
          rec("t", i, points, {"b"} if i % 2 else {"a"}, 10))
         for i in range(30)
     ]  # fmt: skip
-    result = coverage_comparison(pairs, resamples=200)
+    result = coverage_comparison(pairs)
     assert result["tasks"]["t"]["delta"] == 0 and result["tasks"]["t"]["p_value"] == 1.0
     assert result["tasks"]["t"]["points_dropped"] == 30 == result["tasks"]["t"]["points_gained"]
 
 
 def test_markdown_names_every_dropped_point():
-    result = coverage_comparison(pairs_with_known_drops(), resamples=200)
+    result = coverage_comparison(pairs_with_known_drops())
     text = render_coverage_markdown(result, "s2", "merged")
     assert "| warranty | 20 | 40 | 50% |" in text
     assert "- faq `q0`: coverage 100.0 → 33.3; dropped: “receipt”; “warranty”" in text

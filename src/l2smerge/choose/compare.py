@@ -227,15 +227,11 @@ def compare_runs(
     for bench, stats in per_bench.items():
         stats["only_in_a"] = sum(1 for b, _ in run_a.records if b == bench) - stats["n"]
         stats["only_in_b"] = sum(1 for b, _ in run_b.records if b == bench) - stats["n"]
-    freeform = [
-        (run_a.records[k], run_b.records[k]) for k in shared if is_freeform(run_a.records[k])
-    ]
+    freeform = [p for pairs in bench_pairs.values() for p in pairs if is_freeform(p[0])]
     coverage = {}
     if freeform:  # free-form tasks: key-point coverage and the dropped points (docs/tasks.md)
         judges = (run_a.summary.get("judge"), run_b.summary.get("judge"))
-        coverage["coverage"] = coverage_comparison(
-            freeform, resamples=resamples, seed=seed, judges=judges
-        )
+        coverage["coverage"] = coverage_comparison(freeform, seed=seed, judges=judges)
     return {
         "run_a": {"label": run_a.label, "path": str(run_a.path)},
         "run_b": {"label": run_b.label, "path": str(run_b.path)},

@@ -3,8 +3,13 @@ on coverage; the dropped points ranked by how often they are lost.
 
 Only items judged in both runs (no judge error on either side) with the same key points
 count; the others are counted apart. Coverage delta = mean over items of (coverage B −
-coverage A), with a paired percentile bootstrap interval and a paired sign-flip permutation
-p-value (macro over tasks: each task weighs the same, the bootstrap stratified by task)."""
+coverage A). Its 95% interval is Tango's paired score interval (the one compare uses for
+accuracy) with fractional counts: `gained` = Σ max(d, 0), `lost` = Σ max(−d, 0) over the
+per-item differences d. A difference in [−1, 1] varies at most as much as a 0/1 one with the
+same mean discordance, so the interval is conservative; with one key point per item it is
+exactly Tango's, and like it, it keeps a width when the runs agree on every item. Macro over
+tasks: MOVER, each task weighing the same. The p-value is a paired sign-flip permutation
+test on the per-item differences."""
 
 from __future__ import annotations
 
@@ -12,8 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from l2smerge.choose.stats import DEFAULT_RESAMPLES, sign_flip_p_value, stratified_bootstrap
+from l2smerge.choose.stats import (
+    paired_difference_interval,
+    sign_flip_p_value,
+)
 from l2smerge.eval.coverage import group_of
+from l2smerge.eval.metrics import macro_interval
 
 Pair = tuple[dict[str, Any], dict[str, Any]]
 
@@ -92,17 +101,20 @@ def _deltas(pairs: list[Pair]) -> np.ndarray:
     return np.array([b["coverage"] - a["coverage"] for a, b in pairs], dtype=float)
 
 
-def _ci(strata: list[np.ndarray], resamples: int, seed: int) -> list[float | None]:
-    strata = [d for d in strata if d.size]
-    if not strata:
-        return [None, None]
-    lo, hi = stratified_bootstrap(
-        [[d] for d in strata],
-        lambda s: np.mean([x[0].mean(axis=-1) for x in s], axis=0),
-        resamples=resamples,
-        seed=seed,
-    )
-    return [None if np.isnan(lo) else float(lo), None if np.isnan(hi) else float(hi)]
+def delta_interval(deltas: np.ndarray) -> list[float]:
+    """95% interval of the mean coverage difference: Tango's with fractional counts."""
+    gained = float(np.clip(deltas, 0, None).sum())
+    lost = float(np.clip(-deltas, 0, None).sum())
+    return list(paired_difference_interval(gained, lost, len(deltas)))  # type: ignore[arg-type]
+
+
+def versus(pairs: list[Pair], seed: int = 0) -> dict[str, Any]:
+    """Paired figures of comparable pairs with the delta's interval and p-value."""
+    stats = _describe(pairs)
+    deltas = _deltas(pairs)
+    stats["delta_ci95"] = delta_interval(deltas) if len(pairs) else [-1.0, 1.0]
+    stats["p_value"] = sign_flip_p_value([deltas], seed=seed) if len(pairs) else 1.0
+    return stats
 
 
 def dropped_ranking(pairs: list[Pair]) -> list[dict[str, Any]]:
@@ -129,7 +141,6 @@ def dropped_ranking(pairs: list[Pair]) -> list[dict[str, Any]]:
 def coverage_comparison(
     pairs: list[Pair],
     *,
-    resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     judges: tuple[Any, Any] = (None, None),
 ) -> dict[str, Any]:
@@ -142,13 +153,7 @@ def coverage_comparison(
     for pair in usable:
         by_task.setdefault(pair[0]["bench"], []).append(pair)
         by_group.setdefault(group_of(pair[0]), []).append(pair)
-    tasks: dict[str, Any] = {}
-    for task, task_pairs in by_task.items():
-        stats = _describe(task_pairs)
-        deltas = _deltas(task_pairs)
-        stats["delta_ci95"] = _ci([deltas], resamples, seed)
-        stats["p_value"] = sign_flip_p_value([deltas], seed=seed)
-        tasks[task] = stats
+    tasks = {task: versus(task_pairs, seed) for task, task_pairs in by_task.items()}
     strata = [_deltas(p) for p in by_task.values()]
     average: dict[str, Any] = {
         "tasks": list(tasks),
@@ -156,7 +161,16 @@ def coverage_comparison(
         "mean_coverage_a": _mean([t["mean_coverage_a"] for t in tasks.values()]),
         "mean_coverage_b": _mean([t["mean_coverage_b"] for t in tasks.values()]),
         "delta": _mean([t["delta"] for t in tasks.values()]),
-        "delta_ci95": _ci(strata, resamples, seed),
+        "delta_ci95": (
+            list(
+                macro_interval(
+                    [t["delta"] for t in tasks.values()],
+                    [t["delta_ci95"] for t in tasks.values()],
+                )
+            )
+            if tasks
+            else [-1.0, 1.0]
+        ),
         "p_value": sign_flip_p_value(strata, seed=seed) if strata else 1.0,
         "points_dropped": sum(t["points_dropped"] for t in tasks.values()),
         "points_gained": sum(t["points_gained"] for t in tasks.values()),
@@ -170,9 +184,9 @@ def coverage_comparison(
         "same_judge": same_judge,
         "method": {
             "delta": "mean over items of coverage B minus coverage A (macro: mean over tasks)",
-            "delta_ci95": "paired percentile bootstrap (stratified by task)",
+            "delta_ci95": "Tango's paired score interval on fractional counts per task; "
+            "macro: MOVER over tasks",
             "p_value": "paired sign-flip permutation test on per-item coverage differences",
-            "resamples": resamples,
             "seed": seed,
         },
         "tasks": tasks,
@@ -234,8 +248,9 @@ def render_coverage_markdown(result: dict[str, Any], label_a: str, label_b: str)
     parts = [
         "## Key-point coverage",
         "",
-        f"Coverage in % of key points per item, Δ = B − A in points with its 95% paired "
-        f"bootstrap interval; p = paired sign-flip permutation test. Items with a judge error "
+        f"Coverage in % of key points per item, Δ = B − A in points with its 95% interval "
+        f"(Tango's paired score interval on fractional counts; macro: MOVER); p = paired "
+        f"sign-flip permutation test. Items with a judge error "
         f"in A ({skipped['judge_error_a']}) or B ({skipped['judge_error_b']}), or whose key "
         f"points differ between the runs ({skipped['key_points_differ']}), are left out.",
         "",

@@ -1,28 +1,21 @@
 """Choosing a merge per task group: for each group of a free-form task, the shortest point of
-a sweep whose key-point coverage is not significantly below the reference's on that group's
-items ("tune the ratio per task"). Pure functions on results.jsonl records."""
+a sweep whose key-point coverage is *shown* to be within `margin` points of the reference's
+on that group's items ("tune the ratio per task"). The rule is the sweep's
+shortest_noninferior (choose/selection.py) applied to one group: eligible when the lower end
+of the 95% interval of the coverage delta (point − reference; Tango's paired score interval
+on fractional counts, choose/coverage_ab.py) is above −margin. Pure functions on
+results.jsonl records."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from l2smerge.choose.coverage_ab import Pair
-from l2smerge.choose.stats import sign_flip_p_value, stratified_bootstrap
+from l2smerge.choose.coverage_ab import Pair, is_freeform, versus
+from l2smerge.choose.selection import DEFAULT_MARGIN
 from l2smerge.eval.coverage import group_of
 
 Records = dict[tuple[str, Any], dict[str, Any]]
-# (delta, its 95% interval, p-value) -> whether the point is significantly worse
-WorseRule = Callable[[float, list[float | None], float], bool]
-
-
-def significantly_below(alpha: float = 0.05) -> WorseRule:
-    def worse(delta: float, ci: list[float | None], p_value: float) -> bool:
-        return delta < 0 and p_value < alpha
-
-    return worse
 
 
 def _group_pairs(reference: Records, records: Records) -> dict[str, list[Pair]]:
@@ -30,7 +23,7 @@ def _group_pairs(reference: Records, records: Records) -> dict[str, list[Pair]]:
     groups: dict[str, list[Pair]] = {}
     for key, ref in reference.items():
         rec = records.get(key)
-        if rec is None or "key_points" not in ref or ref.get("coverage") is None:
+        if rec is None or not is_freeform(ref) or ref.get("coverage") is None:
             continue
         if rec.get("coverage") is None or rec.get("key_points") != ref["key_points"]:
             continue
@@ -38,69 +31,65 @@ def _group_pairs(reference: Records, records: Records) -> dict[str, list[Pair]]:
     return groups
 
 
-def _versus(pairs: list[Pair], resamples: int, seed: int) -> dict[str, Any]:
-    deltas = np.array([b["coverage"] - a["coverage"] for a, b in pairs], dtype=float)
-    tokens_a = [a.get("tokens") for a, _ in pairs]
-    tokens_b = [b.get("tokens") for _, b in pairs]
-    known = None not in tokens_a and None not in tokens_b
-    lo, hi = stratified_bootstrap(
-        [[deltas]], lambda s: s[0][0].mean(axis=-1), resamples=resamples, seed=seed
-    )
-    return {
-        "n": len(pairs),
-        "reference_coverage": float(np.mean([a["coverage"] for a, _ in pairs])),
-        "coverage": float(np.mean([b["coverage"] for _, b in pairs])),
-        "delta": float(deltas.mean()),
-        "delta_ci95": [float(lo), float(hi)],
-        "p_value": sign_flip_p_value([deltas], seed=seed),
-        "reference_mean_tokens": float(np.mean(tokens_a)) if known else None,
-        "mean_tokens": float(np.mean(tokens_b)) if known else None,
-    }
-
-
 def choose_per_group(
-    reference: Records,
-    points: Sequence[dict[str, Any]],
-    *,
-    worse: WorseRule | None = None,
-    resamples: int = 1000,
-    seed: int = 0,
+    reference: Records, points: Sequence[dict[str, Any]], *, margin: float = DEFAULT_MARGIN
 ) -> dict[str, Any]:
-    """`points`: [{"id", "label", "records"}]. For each group: every point's paired figures
-    against the reference, and the chosen point (fewest mean tokens among those not
-    significantly worse; ties: higher coverage), or None."""
-    worse = worse or significantly_below()
+    """`points`: [{"id", "label", "records"}]; `margin` in points of coverage. For each
+    group: every point's paired figures against the reference, and the chosen point (fewest
+    mean tokens among the eligible; ties: higher coverage), or None."""
     by_group: dict[str, list[dict[str, Any]]] = {}
     for point in points:
         for group, pairs in _group_pairs(reference, point["records"]).items():
-            row = _versus(pairs, resamples, seed)
-            row.update(id=point["id"], label=point["label"])
-            row["worse"] = worse(row["delta"], row["delta_ci95"], row["p_value"])
+            v = versus(pairs)
+            row = {
+                "id": point["id"],
+                "label": point["label"],
+                "n": v["n"],
+                "reference_coverage": v["mean_coverage_a"],
+                "coverage": v["mean_coverage_b"],
+                "delta": v["delta"],
+                "delta_ci95": v["delta_ci95"],
+                "p_value": v["p_value"],
+                "points_dropped": v["points_dropped"],
+                "reference_mean_tokens": v["mean_tokens_a"],
+                "mean_tokens": v["mean_tokens_b"],
+            }
+            row["eligible"] = row["delta_ci95"][0] > -margin / 100
             by_group.setdefault(group, []).append(row)
     groups: dict[str, Any] = {}
     for group, rows in by_group.items():
-        eligible = [r for r in rows if not r["worse"] and r["mean_tokens"] is not None]
+        eligible = [r for r in rows if r["eligible"] and r["mean_tokens"] is not None]
         chosen = min(eligible, key=lambda r: (r["mean_tokens"], -r["coverage"]), default=None)
         groups[group] = {"points": rows, "chosen": None if chosen is None else chosen["id"]}
-    return {"groups": groups}
+    statement = (
+        "per task group, the shortest merge whose coverage is shown within "
+        f"{margin:g} points of the reference's on that group's items (lower end of the 95% "
+        f"interval of the coverage delta above −{margin:g} points)"
+    )
+    return {"rule": "shortest_noninferior per group", "statement": statement,
+            "margin": margin, "groups": groups}  # fmt: skip
 
 
 def choices_table(result: dict[str, Any]) -> list[list[str]]:
-    """Rows of the table of choices: group, n, reference coverage and tokens, the chosen
-    point, its coverage (delta, p) and tokens (ratio)."""
-    rows = [["group", "n", "reference", "chosen", "coverage (Δ, p)", "tokens (× ref)"]]
+    """The table of choices, header first: group, n, reference coverage and tokens, the
+    chosen point, its coverage (delta, lower bound) and tokens (× reference)."""
+    rows = [["group", "n", "reference", "chosen", "coverage (Δ, 95% lower)", "tokens (× ref)"]]
     for group, g in result["groups"].items():
+        first = g["points"][0]
+        ref = f"{100 * first['reference_coverage']:.1f}%"
+        if first["reference_mean_tokens"] is not None:
+            ref += f", {first['reference_mean_tokens']:.0f} tok"
         chosen = next((r for r in g["points"] if r["id"] == g["chosen"]), None)
-        any_row = g["points"][0]
-        ref = f"{100 * any_row['reference_coverage']:.1f}%"
-        if any_row["reference_mean_tokens"] is not None:
-            ref += f", {any_row['reference_mean_tokens']:.0f} tok"
         if chosen is None:
-            rows.append([group, str(any_row["n"]), ref, "none", "–", "–"])
+            best = max(g["points"], key=lambda r: r["delta_ci95"][0])
+            rows.append(
+                [group, str(first["n"]), ref, "none",
+                 f"closest: {best['label']} (lower {100 * best['delta_ci95'][0]:+.1f})", "–"]
+            )  # fmt: skip
             continue
-        ratio = f"{chosen['mean_tokens']:.0f}"
+        tokens = f"{chosen['mean_tokens']:.0f}"
         if chosen["reference_mean_tokens"]:
-            ratio += f" (×{chosen['mean_tokens'] / chosen['reference_mean_tokens']:.2f})"
+            tokens += f" (×{chosen['mean_tokens'] / chosen['reference_mean_tokens']:.2f})"
         rows.append(
             [
                 group,
@@ -108,8 +97,8 @@ def choices_table(result: dict[str, Any]) -> list[list[str]]:
                 ref,
                 chosen["label"],
                 f"{100 * chosen['coverage']:.1f}% ({100 * chosen['delta']:+.1f}, "
-                f"p = {chosen['p_value']:.3g})",
-                ratio,
+                f"{100 * chosen['delta_ci95'][0]:+.1f})",
+                tokens,
             ]
         )
     return rows

@@ -9,7 +9,9 @@ built from the benchmarks' intervals; length is mean response tokens; length cha
 against a reference run (by default the one labelled `system2`) on the items both evaluated
 (compare.tokens_ratio, the definition compare and sweep use too); cost is tokens per 1,000
 queries (benchmarks weighted equally) and dollars at a given price per million output tokens.
-Benchmarks appear in the fixed registry order, levels in level order.
+Benchmarks appear in the fixed registry order, levels in level order. Runs with free-form
+tasks also get key-point coverage: a table and coverage against tokens with its Pareto front
+(choose/coverage_report.py, docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from l2smerge.choose.compare import macro_mean_tokens, shared_items, tokens_ratio
+from l2smerge.choose.coverage_report import coverage_table, run_coverage
 from l2smerge.choose.pareto import pareto_front
 from l2smerge.eval.metrics import figures_by_bench, level_key, macro_average, ordered_benches
 from l2smerge.eval.runs import Run, load_run
@@ -32,6 +35,7 @@ PLOTS = {
     "accuracy_vs_tokens": "Accuracy against mean tokens, with the Pareto front",
     "by_level": "Length and reflective ratio by difficulty level",
     "length_distribution": "Distribution of response lengths",
+    "coverage_vs_tokens": "Key-point coverage against mean tokens, with the Pareto front",
 }
 
 
@@ -48,6 +52,7 @@ class RunStats:
     tokens: list[int]
     length_change: float | None = None  # vs the reference, as a fraction (−0.5 = half)
     cost: dict[str, float | None] = field(default_factory=dict)
+    coverage: dict[str, Any] | None = None  # free-form tasks (coverage_report.run_coverage)
 
     def levels(self, bench: str) -> dict[str, dict[str, Any]]:
         return self.benches.get(bench, {}).get("per_level", {})
@@ -62,6 +67,7 @@ def summarise(run: Run) -> RunStats:
         benches=benches,
         average=macro_average(benches),
         tokens=[r["tokens"] for r in run.records.values() if r.get("tokens") is not None],
+        coverage=run_coverage(run.records.values()),
     )
 
 
@@ -213,7 +219,10 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             "rows": cost_rows,
         }
     )
-    return tables
+    coverage = coverage_table(
+        [s.label for s in stats], [s.coverage for s in stats], reference and reference.label
+    )
+    return tables if coverage is None else [tables[0], coverage, *tables[1:]]
 
 
 def _md_table(t: dict) -> str:
@@ -267,6 +276,7 @@ def _plots(
         ("accuracy_vs_tokens", _plot_front),
         ("by_level", _plot_levels),
         ("length_distribution", _plot_lengths),
+        ("coverage_vs_tokens", _plot_coverage_front),
     ):
         fig = draw(plt, stats, reference, chosen)
         if fig is None:  # no data for this plot (e.g. no token counts, no levels)
@@ -351,12 +361,33 @@ def place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> lis
     return texts
 
 
-def _plot_front(plt, stats: list[RunStats], reference: RunStats | None, chosen: str | None):
-    timed = [s for s in stats if s.average["mean_tokens"] is not None]
+def _coverage_average(s: RunStats) -> dict[str, Any]:
+    """A run's macro coverage figures (mean_coverage as "accuracy"), for the shared plot."""
+    avg = s.coverage["average"] if s.coverage else {}
+    return {"accuracy": avg.get("mean_coverage"), "mean_tokens": avg.get("mean_tokens")}
+
+
+def _plot_coverage_front(plt, stats: list[RunStats], reference: RunStats | None, chosen):
+    return _plot_front(plt, stats, reference, chosen, figures=_coverage_average, what="coverage")
+
+
+def _plot_front(
+    plt,
+    stats: list[RunStats],
+    reference: RunStats | None,
+    chosen: str | None,
+    figures=lambda s: s.average,
+    what: str = "accuracy",
+):
+    timed = [
+        s
+        for s in stats
+        if figures(s)["mean_tokens"] is not None and figures(s)["accuracy"] is not None
+    ]
     if not timed:
         return None
-    acc = [100 * s.average["accuracy"] for s in timed]
-    tok = [s.average["mean_tokens"] for s in timed]
+    acc = [100 * figures(s)["accuracy"] for s in timed]
+    tok = [figures(s)["mean_tokens"] for s in timed]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.scatter(tok, acc, color="tab:blue", zorder=3)
     front = pareto_front(acc, tok)
@@ -368,10 +399,10 @@ def _plot_front(plt, stats: list[RunStats], reference: RunStats | None, chosen: 
         label="Pareto front",
         zorder=2,
     )
-    if reference is not None and reference.average["mean_tokens"] is not None:
+    if reference is not None and reference in timed:
         ax.scatter(
-            [reference.average["mean_tokens"]],
-            [100 * reference.average["accuracy"]],
+            [figures(reference)["mean_tokens"]],
+            [100 * figures(reference)["accuracy"]],
             s=140,
             facecolors="none",
             edgecolors="tab:red",
@@ -381,8 +412,8 @@ def _plot_front(plt, stats: list[RunStats], reference: RunStats | None, chosen: 
     picked = [s for s in timed if s.label == chosen]
     if picked:
         ax.scatter(
-            [picked[0].average["mean_tokens"]],
-            [100 * picked[0].average["accuracy"]],
+            [figures(picked[0])["mean_tokens"]],
+            [100 * figures(picked[0])["accuracy"]],
             s=260,
             marker="*",
             color="tab:green",
@@ -391,8 +422,9 @@ def _plot_front(plt, stats: list[RunStats], reference: RunStats | None, chosen: 
             label=f"chosen: {chosen}",
             zorder=5,
         )
-    ax.set_xlabel("mean response tokens (macro over benchmarks)")
-    ax.set_ylabel("accuracy % (macro over benchmarks)")
+    over = "benchmarks" if what == "accuracy" else "tasks"
+    ax.set_xlabel(f"mean response tokens (macro over {over})")
+    ax.set_ylabel(f"{what} % (macro over {over})")
     ax.grid(alpha=0.3)
     ax.margins(x=0.25, y=0.2)  # room for labels beside the outermost points
     ax.autoscale_view()
@@ -551,12 +583,22 @@ def write_report(
     front = [timed[i].label for i in pareto_front(acc, tok)]
 
     front_text = ", ".join(front) if front else "not available (no token counts)"
+    covered = [s for s in stats if s.coverage and None not in _coverage_average(s).values()]
+    coverage_front = [
+        covered[i].label
+        for i in pareto_front(
+            [_coverage_average(s)["accuracy"] for s in covered],
+            [_coverage_average(s)["mean_tokens"] for s in covered],
+        )
+    ]
     intro = [
         f"Runs: {', '.join(f'`{s.label}` ({s.path})' for s in stats)}.",
         "",
         f"Pareto front (accuracy vs tokens): {front_text}.",
         "",
     ]
+    if coverage_front:
+        intro += [f"Pareto front (key-point coverage vs tokens): {', '.join(coverage_front)}.", ""]
     partial = [
         f"{s.label} ({s.average['tokens_missing']} items)"
         for s in stats
@@ -594,6 +636,7 @@ def write_report(
         "chosen": chosen,
         "price_per_mtok": price_per_mtok,
         "pareto_front": front,
+        "coverage_pareto_front": coverage_front,
         "runs": [
             {
                 "label": s.label,
@@ -603,6 +646,7 @@ def write_report(
                 "cost": s.cost,
                 "benchmarks": {b: _json_figures(g) for b, g in s.benches.items()},
                 "levels": {b: g["per_level"] for b, g in s.benches.items() if "per_level" in g},
+                "coverage": s.coverage,
             }
             for s in stats
         ],

@@ -53,10 +53,13 @@ def choose(
     margin: float = DEFAULT_MARGIN,
     benchmark_margin: float | None = None,
     has_reference: bool,
+    metric: str = "accuracy",
 ) -> dict[str, Any]:
     """`points`: points.jsonl records (accuracy, mean_tokens, vs_reference); `margin` and
     `benchmark_margin` in points of accuracy. Returns {"rule", "statement", "chosen" (id or
-    None), "eligible", "rejected", "lines", ...} (selection.json)."""
+    None), "eligible", "rejected", "lines", ...} (selection.json). `metric` names what
+    `accuracy` holds in the words printed: "coverage" when a sweep over free-form tasks passes
+    key-point coverage in those fields (docs/tasks.md)."""
     if rule == "auto":
         rule = "shortest_noninferior" if has_reference else "most_accurate"
     if rule == "shortest_noninferior" and not has_reference:
@@ -65,16 +68,18 @@ def choose(
             "or {run: ...}); add one or use rule: most_accurate"
         )
     if rule == "most_accurate":
-        return _most_accurate(points)
-    return _shortest_noninferior(points, margin / 100, _fraction(benchmark_margin))
+        return _most_accurate(points, metric)
+    return _shortest_noninferior(points, margin / 100, _fraction(benchmark_margin), metric)
 
 
 def _fraction(points_value: float | None) -> float | None:
     return None if points_value is None else points_value / 100
 
 
-def _most_accurate(points: list[dict[str, Any]]) -> dict[str, Any]:
-    statement = "the most accurate point (macro accuracy; ties: fewer mean tokens)"
+def _most_accurate(points: list[dict[str, Any]], metric: str = "accuracy") -> dict[str, Any]:
+    statement = f"the most accurate point (macro {metric}; ties: fewer mean tokens)"
+    if metric != "accuracy":
+        statement = f"the point of highest macro {metric} (ties: fewer mean tokens)"
     result: dict[str, Any] = {
         "rule": "most_accurate",
         "statement": statement,
@@ -89,20 +94,24 @@ def _most_accurate(points: list[dict[str, Any]]) -> dict[str, Any]:
     best = max(points, key=lambda p: (p["accuracy"], -p["mean_tokens"]))
     result["chosen"] = best["id"]
     result["lines"].append(
-        f"chosen: {best['label']}: accuracy {100 * best['accuracy']:.1f}%, "
+        f"chosen: {best['label']}: {metric} {100 * best['accuracy']:.1f}%, "
         f"{best['mean_tokens']:.0f} mean tokens"
     )
     return result
 
 
 def _shortest_noninferior(
-    points: list[dict[str, Any]], margin: float, benchmark_margin: float | None
+    points: list[dict[str, Any]],
+    margin: float,
+    benchmark_margin: float | None,
+    metric: str = "accuracy",
 ) -> dict[str, Any]:
+    tango = "Tango per benchmark" if metric == "accuracy" else "Tango on fractional counts"
     statement = (
-        f"the shortest merge (fewest macro mean tokens) whose accuracy is shown within "
+        f"the shortest merge (fewest macro mean tokens) whose {metric} is shown within "
         f"{_pts(margin)} points of the reference: eligible when the lower end of the 95% "
-        "interval of the accuracy delta (point − reference, paired on the shared items; "
-        f"Tango per benchmark, MOVER over benchmarks) is above −{_pts(margin)} points"
+        f"interval of the {metric} delta (point − reference, paired on the shared items; "
+        f"{tango}, MOVER over benchmarks) is above −{_pts(margin)} points"
     )
     if benchmark_margin is not None:
         statement += f" and no benchmark drops by more than {_pts(benchmark_margin)} points"
@@ -127,7 +136,7 @@ def _shortest_noninferior(
         if not reasons:
             eligible.append(p)
         line = (
-            f"  {'✗' if reasons else '✓'} {p['label']}: accuracy "
+            f"  {'✗' if reasons else '✓'} {p['label']}: {metric} "
             f"{100 * v['point_accuracy']:.1f}% vs {100 * v['reference_accuracy']:.1f}% (delta "
             f"{_signed(v['delta'])} pts, 95% CI [{_signed(v['delta_ci95'][0])}, "
             f"{_signed(v['delta_ci95'][1])}], n = {v['n']}), {p['mean_tokens']:.0f} tokens "
@@ -145,7 +154,7 @@ def _shortest_noninferior(
         length = "" if v["tokens_ratio"] is None else f", {_signed(v['tokens_ratio'] - 1)}% length"
         result["chosen"] = chosen["id"]
         result["lines"].append(
-            f"chosen: {chosen['label']}: accuracy {100 * v['point_accuracy']:.1f}% against "
+            f"chosen: {chosen['label']}: {metric} {100 * v['point_accuracy']:.1f}% against "
             f"{100 * v['reference_accuracy']:.1f}% for the reference on the same "
             f"{v['n']} items (delta {_signed(v['delta'])} pts, lower bound "
             f"{_signed(v['delta_ci95'][0])} > −{_pts(margin)}), "

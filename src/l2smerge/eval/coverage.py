@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from l2smerge.eval.judges.base import Judgement
-from l2smerge.eval.metrics import wilson_interval
+from l2smerge.eval.metrics import macro_interval, wilson_interval
 from l2smerge.eval.tasks import KeyPoint
 
 # Macro-averaged over tasks, like accuracy over benchmarks.
@@ -70,6 +70,7 @@ def coverage_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     values = [float(r["coverage"]) for r in judged]
     full = sum(bool(r["full_coverage"]) for r in judged)
     tokens = [r["tokens"] for r in records if r.get("tokens") is not None]
+    complete = bool(records) and len(tokens) == len(records)
     return {
         "n": len(records),
         "judged": len(judged),
@@ -80,8 +81,10 @@ def coverage_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "full_coverage_ci95": list(wilson_interval(full, len(judged))) if judged else None,
         "key_points": sum(len(r["key_points"]) for r in judged),
         "covered_points": sum(len(r["covered_points"]) for r in judged),
-        "mean_tokens": statistics.fmean(tokens) if tokens else None,
-        "median_tokens": statistics.median(tokens) if tokens else None,
+        # over every item or none (eval.metrics' rule): never a mean over a subset
+        "mean_tokens": statistics.fmean(tokens) if complete else None,
+        "median_tokens": statistics.median(tokens) if complete else None,
+        "tokens_missing": len(records) - len(tokens),
         "truncated_ratio": (
             sum(bool(r.get("truncated")) for r in records) / len(records) if records else 0.0
         ),
@@ -104,7 +107,7 @@ def per_group(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def macro_average(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The unweighted mean over tasks of each field in AVERAGED_FIELDS (None when a task
-    lacks it), with the total n and judge errors."""
+    lacks it), the mean coverage's MOVER interval, the total n and judge errors."""
     out: dict[str, Any] = {
         "tasks": len(per_task),
         "n": sum(m["n"] for m in per_task.values()),
@@ -114,4 +117,14 @@ def macro_average(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
         values = [m[name] for m in per_task.values() if m.get(name) is not None]
         ok = values and len(values) == len(per_task)
         out[name] = statistics.fmean(values) if ok else None
+    out["coverage_ci95"] = (
+        list(
+            macro_interval(
+                [m["mean_coverage"] for m in per_task.values()],
+                [m["coverage_ci95"] for m in per_task.values()],
+            )
+        )
+        if out["mean_coverage"] is not None
+        else None
+    )
     return out
