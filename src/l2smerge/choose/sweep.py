@@ -30,7 +30,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from l2smerge.choose.compare import compare_runs
+from l2smerge.choose.coverage_report import coverage_vs_reference
 from l2smerge.choose.pareto import pareto_front
+from l2smerge.choose.per_group import choices_table, choose_per_group
 from l2smerge.choose.report import summarise, write_report
 from l2smerge.choose.selection import choose
 from l2smerge.choose.ship import write_chosen
@@ -141,8 +143,10 @@ def _evaluate(
         progress=progress,
         **e.options,
     )
+    if e.tasks:
+        kwargs.update(tasks=e.tasks, judge=e.judge, judge_options=e.judge_options or None)
     kwargs.update({k: v for k, v in override.items() if v is not None})
-    return evaluate(str(model), e.benches, **kwargs)
+    return evaluate(str(model), e.benches or None, **kwargs)
 
 
 def vs_reference(reference: Run, run: Run) -> dict[str, Any]:
@@ -287,8 +291,14 @@ class Sweep:
             "merge_seconds": outcome.get("merge_seconds", 0.0),
             "eval_seconds": outcome.get("eval_seconds", 0.0),
         }
+        if stats.coverage is not None:  # free-form tasks (docs/tasks.md)
+            record["coverage"] = stats.coverage["average"]["mean_coverage"]
+            record["coverage_ci95"] = stats.coverage["average"]["coverage_ci95"]
+            record["coverage_mean_tokens"] = stats.coverage["average"]["mean_tokens"]
         if self.reference_run is not None:
             record["vs_reference"] = vs_reference(self.reference_run, run)
+            if stats.coverage is not None:
+                record["vs_reference_coverage"] = coverage_vs_reference(self.reference_run, run)
         return record
 
     def _point_dir(self, point: Point) -> Path:
@@ -441,15 +451,21 @@ class Sweep:
             # Every point against the current reference, by the current definitions (points
             # recorded by an earlier run may have been compared to another reference).
             for r in records:
-                r["vs_reference"] = vs_reference(self.reference_run, load_run(r["run_dir"]))
+                run = load_run(r["run_dir"])
+                r["vs_reference"] = vs_reference(self.reference_run, run)
+                if "coverage" in r:
+                    r["vs_reference_coverage"] = coverage_vs_reference(self.reference_run, run)
             self._save_points()
-        pareto = self._pareto(records)
+        metric = self._metric()
+        weighed = records if metric == "accuracy" else [_on_coverage(r) for r in records]
+        pareto = self._pareto(weighed, metric)
         selection = choose(
-            records,
+            weighed,
             rule=self.spec.selection.rule,
             margin=self.spec.selection.margin,
             benchmark_margin=self.spec.selection.benchmark_margin,
             has_reference=self.reference_run is not None,
+            metric=metric,
         )
         write_json_atomic(self.out / "pareto.json", pareto)
         write_json_atomic(self.out / "selection.json", selection)
@@ -463,6 +479,8 @@ class Sweep:
         self.console.print(f"Pareto front: {', '.join(front[i] for i in pareto['front'])}")
         for line in selection["lines"]:
             self.console.print(line, highlight=False)
+        if self.spec.selection.per_group:
+            self._choose_per_group(records)
         chosen = next((r for r in records if r["id"] == selection["chosen"]), None)
         chosen_dir = write_chosen(
             self.out,
@@ -506,7 +524,39 @@ class Sweep:
             self.console.print(f"report: {self.out / 'report' / 'report.html'}")
         return result
 
-    def _pareto(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _metric(self) -> str:
+        """What the selection weighs: the file's choice; auto is coverage for a sweep over
+        free-form tasks only."""
+        metric = self.spec.selection.metric
+        if metric == "auto":
+            metric = (
+                "coverage" if self.spec.eval.tasks and not self.spec.eval.benches else "accuracy"
+            )
+        return metric
+
+    def _choose_per_group(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """A point per task group (choose/per_group.py): selection_per_group.json and the
+        table of choices."""
+        from rich.table import Table
+
+        points = [
+            {"id": r["id"], "label": r["label"], "records": load_run(r["run_dir"]).records}
+            for r in records
+        ]
+        result = choose_per_group(
+            self.reference_run.records, points, margin=self.spec.selection.margin
+        )
+        write_json_atomic(self.out / "selection_per_group.json", result)
+        header, *rows = choices_table(result)
+        table = Table(title=f"per group: {result['statement']}", title_justify="left")
+        for name in header:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
+        return result
+
+    def _pareto(self, records: list[dict[str, Any]], metric: str = "accuracy") -> dict[str, Any]:
         acc = [r["accuracy"] for r in records]
         tok = [r["mean_tokens"] for r in records]
         front = {records[i]["id"] for i in pareto_front(acc, tok)} if records else set()
@@ -518,8 +568,12 @@ class Sweep:
                 "accuracy": ref.average["accuracy"],
                 "mean_tokens": ref.average["mean_tokens"],
             }
+        if reference is not None and metric == "coverage":
+            figures = summarise(self.reference_run).coverage or {"average": {}}
+            reference["accuracy"] = figures["average"].get("mean_coverage")
+            reference["mean_tokens"] = figures["average"].get("mean_tokens")
         return {
-            "objectives": "maximise macro accuracy, minimise macro mean tokens",
+            "objectives": f"maximise macro {metric}, minimise macro mean tokens",
             "front": [records[i]["id"] for i in pareto_front(acc, tok)] if records else [],
             "points": [
                 {
@@ -533,6 +587,19 @@ class Sweep:
             ],
             "reference": reference,
         }
+
+
+def _on_coverage(record: dict[str, Any]) -> dict[str, Any]:
+    """A point record as the selection rule and the front read it when they weigh key-point
+    coverage: coverage in `accuracy`, coverage against the reference in `vs_reference`, tokens
+    over the free-form items."""
+    return {
+        **record,
+        "accuracy": record["coverage"],
+        "accuracy_ci95": record["coverage_ci95"],
+        "mean_tokens": record["coverage_mean_tokens"],
+        "vs_reference": record.get("vs_reference_coverage"),
+    }
 
 
 def run_sweep(

@@ -42,7 +42,10 @@ class _Strict(BaseModel):
 
 
 class EvalSpec(_Strict):
-    benches: list[str]
+    benches: list[str] = []
+    tasks: list[Path] = []  # free-form task files (docs/tasks.md), beside or instead of benches
+    judge: Literal["lexical", "llm"] = "lexical"
+    judge_options: dict[str, Any] = {}  # the llm judge's: url, model, api_key_env, ...
     backend: Literal["hf", "vllm", "openai"] = "hf"
     data_dir: Path | None = None
     limit: int | None = Field(default=None, ge=1)
@@ -58,6 +61,10 @@ class EvalSpec(_Strict):
         return (
             [b.strip() for b in value.split(",") if b.strip()] if isinstance(value, str) else value
         )
+
+    def model_post_init(self, _: Any) -> None:
+        if not self.benches and not self.tasks:
+            raise ValueError("give benches (gsm8k, math500, ...) or tasks (task files), or both")
 
 
 class RunSource(_Strict):
@@ -94,6 +101,10 @@ class SelectionSpec(_Strict):
     of accuracy: margin 2 means "shown to lose less than 2 points"."""
 
     rule: Literal["auto", "shortest_noninferior", "most_accurate"] = "auto"
+    # what the rule weighs: accuracy, or key-point coverage of free-form tasks; auto:
+    # coverage when the sweep evaluates tasks only (docs/tasks.md)
+    metric: Literal["auto", "accuracy", "coverage"] = "auto"
+    per_group: bool = False  # also choose a point per task group (coverage)
     margin: float = Field(default=2.0, gt=0, lt=100)
     benchmark_margin: float | None = Field(default=None, gt=0, le=100)  # None: no guard
 
@@ -163,7 +174,12 @@ class SweepSpec(_Strict):
         return self.model_copy(
             update={
                 **inputs,
-                "eval": self.eval.model_copy(update={"data_dir": fix(self.eval.data_dir)}),
+                "eval": self.eval.model_copy(
+                    update={
+                        "data_dir": fix(self.eval.data_dir),
+                        "tasks": [fix(t) for t in self.eval.tasks],
+                    }
+                ),
                 "reference": fix_source(self.reference),
                 "baselines": [fix_source(b) for b in self.baselines],
                 "relative_inputs": sorted(set(self.relative_inputs) | set(recipe_relative)),
@@ -302,6 +318,14 @@ def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
             f"{path}: selection.rule: shortest_noninferior needs a reference "
             "(reference: {model: ...} or {run: ...}); add one or use rule: most_accurate"
         )
+    free_form = bool(spec.eval.tasks)
+    if (spec.selection.metric == "coverage" or spec.selection.per_group) and not free_form:
+        raise L2SError(
+            f"{path}: selection: coverage (metric: coverage, per_group) needs free-form tasks "
+            "(eval.tasks: [FILE.jsonl], docs/tasks.md)"
+        )
+    if spec.selection.per_group and spec.reference is None:
+        raise L2SError(f"{path}: selection.per_group needs a reference to compare each group to")
     spec = spec.resolved(path.parent)
     expand_points(spec, path)  # validates every point now, before any work
     return spec
