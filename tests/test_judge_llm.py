@@ -6,14 +6,9 @@ errors or misses, never as a pass."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from judge_server import JudgeServer
 
@@ -209,45 +204,6 @@ def test_info_names_model_and_prompt(tmp_path):
         judge_ = judge(server, tmp_path)
         judge_.close()
     assert judge_.info() == {"judge": "llm", "judge_model": "judge-1", "judge_prompt": PROMPT_HASH}
-
-
-@pytest.fixture(scope="module")
-def served_tiny(tmp_path_factory):
-    """`transformers serve` on 127.0.0.1 with a tiny random model (as in test_eval_openai)."""
-    pytest.importorskip("fastapi", reason="needs transformers[serving]")
-    from tiny import make_tiny_model
-
-    model = make_tiny_model(tmp_path_factory.mktemp("judge") / "model", seed=3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = model.parent / "serve.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
-    serve = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen(
-        [str(serve), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"{url}/v1", str(model)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_nonsense_from_a_real_server_is_never_a_pass(served_tiny, tmp_path):

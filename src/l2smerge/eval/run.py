@@ -188,7 +188,10 @@ def _replay_items(
     for bench in names:
         for b, i in keys:
             if b == bench and not isinstance(i, int):
-                raise L2SError(f"{engine.where((b, i))}: {bench} ids are 0-based line numbers")
+                raise L2SError(
+                    f"{engine.where((b, i))}: field 'id' must be a int ({bench} ids are "
+                    "0-based line numbers)"
+                )
         wanted = sorted(i for b, i in keys if b == bench)
         if not wanted:
             raise L2SError(f"replay file {engine.path} has no responses for bench {bench!r}")

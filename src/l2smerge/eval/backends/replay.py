@@ -46,7 +46,7 @@ class ReplayBackend:
             if not isinstance(row.get(name), kind):
                 raise L2SError(f"{where}: field {name!r} must be a {kind.__name__}")
         if isinstance(item_id, bool) or not isinstance(item_id, (int, str)):
-            raise L2SError(f"{where}: field 'id' must be an int (a task's: an int or a string)")
+            raise L2SError(f"{where}: field 'id' must be a int (for a task: an int or a string)")
         key = (row[field], item_id)
         text_key = (key[0], str(item_id))
         if text_key in self.text_keys:
