@@ -219,3 +219,11 @@ def test_nonsense_from_a_real_server_is_never_a_pass(served_tiny, tmp_path):
         else:  # a random model that wrote valid verdicts still needs evidence in the response
             assert all(v.status != COVERED or v.evidence for v in judgement.verdicts)
     assert all(j.covered is None or not any(j.covered) for j in results)
+
+
+def test_docs_quote_the_judge_prompt_verbatim():
+    from l2smerge.eval.judges.llm import JUDGE_SYSTEM
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
+    assert JUDGE_SYSTEM in docs and PROMPT_HASH in docs
+    assert JUDGE_REPAIR.split("{problem}")[0] in docs

@@ -114,6 +114,11 @@ def test_resume_and_errors(tmp_path):
     with pytest.raises(L2SError, match="has responses for 'faq', which is neither a benchmark"):
         evaluate("m", None, backend="replay", responses=FAQ / "logs-v1.jsonl",
                  out_dir=tmp_path / "x", progress=False)  # fmt: skip
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text('{"task": "faq", "id": "warranty-typo", "response": "x"}\n')
+    with pytest.raises(L2SError, match=r"typo.jsonl:1: task 'faq' has no item with id"):
+        evaluate("m", None, tasks=[FAQ / "faq.jsonl"], backend="replay", responses=typo,
+                 out_dir=tmp_path / "t", progress=False)  # fmt: skip
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "prompt": "q?"}\n')
     with pytest.raises(L2SError, match=r"bad.jsonl:1: missing \"key_points\""):

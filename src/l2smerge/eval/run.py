@@ -148,6 +148,11 @@ def _replayed_task_items(engine: Any, task_items: list[Any], limit: int | None) 
     """The task items the replay file has responses for (ids compared as text), in file
     order; `limit`: the first N of each task."""
     present = {id_text(key) for key in engine.keys()}
+    known = {id_text(item.key) for item in task_items}
+    tasks = {item.task for item in task_items}
+    for key in engine.keys():
+        if key[0] in tasks and id_text(key) not in known:
+            raise L2SError(f"{engine.where(key)}: task {key[0]!r} has no item with id {key[1]!r}")
     cap = limit if limit is not None else len(task_items)
     chosen: list[Any] = []
     per_task: dict[str, int] = {}
