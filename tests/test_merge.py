@@ -282,7 +282,12 @@ def test_provenance_records_method_parameters_inputs_and_seed(trio, tmp_path):
     out = run_merge(config, tmp_path / "o", progress=False)
     record = json.loads((out / "l2smerge.json").read_text())
     assert record["method"] == "dare_ties" and record["seed"] == 7
-    assert record["parameters"] == {"alpha": 1.0, "drop_rate": 0.3, "density": 0.2}
+    assert record["parameters"] == {
+        "alpha": 1.0,
+        "drop_rate": 0.3,
+        "density": 0.2,
+        **{"weight": 1.0, "normalize": True, "rescale": "inverse", "tie_break": "l2smerge"},
+    }
     assert record["per_model_parameters"] == [{"alpha": 0.8}, {"alpha": 0.6}]
     roles = {i["role"]: i for i in record["inputs"]}
     assert set(roles) == {"base", "model 1", "model 2"}
@@ -314,7 +319,12 @@ def test_preset_sets_the_studys_parameters(trio, tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     record = json.loads((tmp_path / "p" / "l2smerge.json").read_text())
-    assert (record["method"], record["parameters"]) == ("ties", {"alpha": 1.0, "density": 0.2})
+    assert record["method"] == "ties"
+    assert record["parameters"] == {
+        "alpha": 1.0,
+        "density": 0.2,
+        **{"weight": 1.0, "normalize": True, "rescale": "none", "tie_break": "l2smerge"},
+    }
     code, err = cli(
         monkeypatch,
         capsys,
@@ -332,7 +342,7 @@ def test_preset_sets_the_studys_parameters(trio, tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     record = json.loads((tmp_path / "q" / "l2smerge.json").read_text())
-    assert record["parameters"] == {"alpha": 0.5, "density": 0.5}
+    assert (record["parameters"]["alpha"], record["parameters"]["density"]) == (0.5, 0.5)
     code, err = cli(
         monkeypatch,
         capsys,

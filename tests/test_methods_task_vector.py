@@ -47,7 +47,15 @@ def trio():
 def test_registry_lists_the_task_vector_methods():
     for name in ("average", "task_arithmetic", "ties", "dare_ta", "dare_ties"):
         assert name in METHODS
-    assert METHODS["ties"].params == {"alpha": 1.0, "density": 0.2}
+    assert METHODS["ties"].params == {
+        "alpha": 1.0,
+        "density": 0.2,
+        # mergekit's semantics (docs/merge.md), off by default
+        "weight": 1.0,
+        "normalize": True,
+        "rescale": "none",
+        "tie_break": "l2smerge",
+    }
     assert METHODS["average"].needs_base is False
     assert METHODS["dare_ties"].context == frozenset({"generator"})
 

@@ -537,7 +537,11 @@ def _merge_blocks(
             pending = pool.submit(read, blocks[i + 1])
         read_bytes += sum(t.numel() * t.element_size() for t in raw)
         if start < shared:
-            writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, per_tensor))
+            block_context = per_tensor
+            if "block_offset" in plan.method.context:  # where this block sits in the tensor
+                offset = start * math.prod(job.shape[1:])
+                block_context = [*per_tensor, lambda _name, o=offset: {"block_offset": o}]
+            writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, block_context))
         else:
             writer.write(job.name, raw[0].to(job.dtype))
     return read_bytes

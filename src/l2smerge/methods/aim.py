@@ -156,8 +156,10 @@ def register_aim_on(inner_name: str) -> None:
         *(inspect.Parameter(p, keyword, default=d) for p, d in inner.params.items()),
         *(
             inspect.Parameter(c, keyword, default=None)
-            # not "thresholds": AIM runs on whole tensors, never in the executor's row blocks
-            for c in sorted(CONTEXT_ARGS & (inner.context | {"importance"}) - {"thresholds"})
+            # not "thresholds", "block_offset": AIM runs on whole tensors, never in row blocks
+            for c in sorted(
+                CONTEXT_ARGS & (inner.context | {"importance"}) - {"thresholds", "block_offset"}
+            )
         ),
     ]
     aim_on.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

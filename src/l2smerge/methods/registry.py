@@ -24,9 +24,11 @@ import torch
 #   tensor_name: the tensor's name in the checkpoint (e.g. "model.layers.3.mlp.up_proj.weight")
 #   generator:   a torch.Generator seeded from (seed, tensor_name), for random methods (DARE)
 #   importance:  per-input-channel importance in [0, 1] for this tensor (AIM), or None
-#   thresholds:  per-model magnitude thresholds from a first pass over row blocks (TIES on
+#   thresholds:  per-model magnitude trims from a first pass over row blocks (TIES on
 #                a large tensor, see `block_stats` below), or None to compute them in place
-CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance", "thresholds"})
+#   block_offset: flat index of the first entry of the block of rows the call gets within
+#                the whole tensor (0 for a whole tensor), for methods with `block_stats`
+CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance", "thresholds", "block_offset"})
 
 MethodFn = Callable[..., torch.Tensor]
 # block_stats(task_vector_blocks, n_models, numel, **params) -> extra kwargs for fn, where

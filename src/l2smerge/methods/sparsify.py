@@ -1,12 +1,30 @@
 """The shared pieces task-vector methods are built from: sparsify a task vector (by magnitude
-or at random), then reach consensus (elect a sign, average the entries that agree with it).
+or at random), then reach consensus (elect a sign, combine the entries that agree with it).
 
 TIES = trim_by_magnitude -> elect_sign -> disjoint_mean; DARE = drop_random -> (TA | TIES).
+
+Two rule sets for the details a formula leaves open (`tie_break`):
+  "l2smerge"  keep = round(density·n) entries, every entry tied at the threshold kept; an
+              exact sign cancellation elects 0 (the entry keeps the base).
+  "mergekit"  mergekit's (0.1.5) `magnitude` and `get_mask`: keep = max(1, ⌊density·n⌋)
+              entries exactly (0 when density ≤ 0), the ties at the threshold chosen as
+              torch.argsort(|δ|, descending=True) orders them on CPU; an exact cancellation
+              elects +.
+Rescaling the survivors (`rescale`): "inverse" multiplies by 1/(1 − p) (the DARE paper),
+"l1" matches the tensor's L1 norm before sparsification (mergekit's `rescale: true`), "none".
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 import torch
+
+TIE_BREAKS = ("l2smerge", "mergekit")
+# mergekit's rescaled_masked_tensor: no rescale when either L1 norm is below this.
+L1_EPS = 1e-7
 
 
 def per_model(value: float | list[float], n: int, name: str) -> list[float]:
@@ -16,6 +34,19 @@ def per_model(value: float | list[float], n: int, name: str) -> list[float]:
             raise ValueError(f"{name}: {len(value)} values for {n} models")
         return [float(v) for v in value]
     return [float(value)] * n
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """A string parameter that is one value for all models, from `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} = {value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} = {value!r}: expected true or false")
+    return value
 
 
 def magnitude_threshold(delta: torch.Tensor, keep: int) -> torch.Tensor:
@@ -37,117 +68,276 @@ def kth_largest_(magnitude: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.kthvalue(magnitude, position + 1).values
 
 
-def trim_by_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `density` fraction of entries with the largest magnitude, zero the rest, in
-    place (one scratch buffer of |delta|'s size; no sort).
-
-    keep = round(density * n) entries; every entry whose magnitude is at least the keep-th
-    largest magnitude is kept (entries tied at the threshold are all kept).
-    """
+def keep_count(density: float, numel: int, tie_break: str) -> int:
+    """How many entries of a task vector of `numel` entries a magnitude trim keeps."""
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
-    n = delta.numel()
-    keep = round(density * n)
-    if keep >= n:
-        return delta
+    if tie_break == "mergekit":
+        if density <= 0 or numel == 0:
+            return 0
+        return numel if density >= 1 else max(1, int(density * numel))
+    return round(density * numel)
+
+
+@dataclass(frozen=True)
+class MagnitudeTrim:
+    """One model's magnitude trim of one whole tensor, decided before any entry is zeroed, so
+    that blocks of rows can later be trimmed exactly as the whole tensor would be."""
+
+    threshold: float  # entries with |δ| >= threshold are kept ...
+    # ... except entries tied at the threshold whose flat index is not listed here (sorted
+    # int64); None keeps every tied entry
+    tied_kept: torch.Tensor | None = None
+    scale: float = 1.0  # multiplies the kept entries ("l1" rescale)
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.threshold == 0.0 and self.scale == 1.0
+
+
+def plan_magnitude_trim(
+    fill: Callable[[torch.Tensor], None],
+    numel: int,
+    density: float,
+    *,
+    tie_break: str = "l2smerge",
+    rescale: str = "none",
+    buffer: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> MagnitudeTrim:
+    """Decide the trim of a task vector δ of `numel` entries. `fill(buffer)` writes |δ|,
+    flattened in storage order, into a float32 buffer of `numel` entries (the whole tensor at
+    once, or streamed from row blocks); it is called once, or up to three times when the
+    mergekit rule meets ties at the threshold or the L1 norms are needed. `buffer` (reused
+    between calls) or a new one on `device` holds |δ|."""
+    check_choice("tie_break", tie_break, TIE_BREAKS)
+    check_choice("rescale", rescale, ("none", "l1"))
+    keep = keep_count(density, numel, tie_break)
+    if keep >= numel:
+        return MagnitudeTrim(0.0)  # keep everything: unchanged, as both rule sets leave it
     if keep <= 0:
-        return delta.zero_()
-    threshold = magnitude_threshold(delta, keep)
+        return MagnitudeTrim(math.inf)  # keep nothing (inputs are finite)
+    if buffer is None:
+        buffer = torch.empty(numel, dtype=torch.float32, device=device)
+    fill(buffer)
+    before = buffer.sum() if rescale == "l1" else None
+    threshold = float(kth_largest_(buffer, keep))
+    in_order = False  # buffer no longer in storage order after the partition
+    tied_kept = None
+    if tie_break == "mergekit" and threshold > 0.0:
+        above = int(torch.count_nonzero(buffer > threshold))
+        if above + int(torch.count_nonzero(buffer == threshold)) > keep:
+            # More entries tie at the threshold than fit: mergekit keeps those its argsort
+            # ranks first, which depends on the whole tensor, so rank it the same way.
+            fill(buffer)
+            in_order = True
+            ranked = torch.argsort(buffer, descending=True)[:keep]
+            tied = ranked[buffer[ranked] == threshold]
+            tied_kept = tied.sort().values
+            del ranked, tied
+    trim = MagnitudeTrim(threshold, tied_kept)
+    if before is None:
+        return trim
+    if not in_order:
+        fill(buffer)
+    after = apply_magnitude_trim_(buffer, trim).sum()  # |δ| of the kept entries, zeros elsewhere
+    if before < L1_EPS or after < L1_EPS:
+        return trim
+    return MagnitudeTrim(threshold, tied_kept, float(before / after))
+
+
+def apply_magnitude_trim_(
+    delta: torch.Tensor, trim: MagnitudeTrim, offset: int = 0
+) -> torch.Tensor:
+    """Trim `delta` in place as `trim` says. `delta` is the whole tensor, or a block of rows
+    whose first entry sits at flat index `offset` of the whole tensor."""
+    if trim.keeps_all:
+        return delta
     scratch = torch.abs(delta)
-    delta.mul_(scratch.ge_(threshold))  # scratch now holds the 0/1 mask
+    drop = None
+    if trim.tied_kept is not None:
+        tied = torch.nonzero(scratch.reshape(-1) == trim.threshold).squeeze(1)
+        drop = tied[~torch.isin(tied + offset, trim.tied_kept.to(tied.device))]
+    delta.mul_(scratch.ge_(trim.threshold))  # scratch now holds the 0/1 mask
+    del scratch
+    if drop is not None and drop.numel():
+        delta.view(-1)[drop] = 0.0
+    if trim.scale != 1.0:
+        delta.mul_(trim.scale)
     return delta
 
 
-def keep_at_least_(delta: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero the entries of `delta` whose magnitude is below `threshold`, in place."""
-    return delta.mul_(torch.abs(delta).ge_(threshold))
+def trim_by_magnitude_(
+    delta: torch.Tensor,
+    density: float,
+    *,
+    tie_break: str = "l2smerge",
+    rescale: str = "none",
+) -> torch.Tensor:
+    """Keep the `density` fraction of entries with the largest magnitude, zero the rest, in
+    place (two scratch buffers of |delta|'s size; no sort unless the mergekit rule meets
+    surplus ties).
+
+    With tie_break "l2smerge": keep = round(density * n) entries; every entry whose magnitude
+    is at least the keep-th largest magnitude is kept (entries tied at the threshold are all
+    kept). With "mergekit": exactly max(1, ⌊density·n⌋) entries, as mergekit keeps them.
+    """
+    flat = delta.reshape(-1)
+
+    def fill(buffer: torch.Tensor) -> None:
+        torch.abs(flat, out=buffer)
+
+    trim = plan_magnitude_trim(
+        fill, delta.numel(), density, tie_break=tie_break, rescale=rescale, device=delta.device
+    )
+    return apply_magnitude_trim_(delta, trim)
 
 
-def magnitude_thresholds(
-    task_vector_blocks, n_models: int, numel: int, densities: list[float]
-) -> list[float]:
-    """Each model's trim threshold (the keep-th largest |δk|, as trim_by_magnitude_ uses),
-    from its task vector streamed in blocks of rows: one float32 buffer of |δk|, reused for
-    every model, instead of the inputs, the task vector and |δk| all held at once."""
-    thresholds: list[float] = []
-    buffer: torch.Tensor | None = None
-    for k in range(n_models):
-        keep = round(densities[k] * numel)
-        if keep >= numel:
-            thresholds.append(0.0)  # keep everything
-            continue
-        if keep <= 0:
-            thresholds.append(float("inf"))  # keep nothing (inputs are finite)
-            continue
-        if buffer is None:
-            buffer = torch.empty(numel, dtype=torch.float32)
-        filled = 0
-        for block in task_vector_blocks(k):
-            n = block.numel()
-            torch.abs(block.reshape(-1), out=buffer[filled : filled + n])
-            filled += n
-        assert filled == numel, (filled, numel)
-        thresholds.append(float(kth_largest_(buffer, keep)))
-    return thresholds
-
-
-def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+def trim_by_magnitude(delta: torch.Tensor, density: float, **rules: str) -> torch.Tensor:
     """trim_by_magnitude_ on a copy: the caller's tensor is left as it was."""
-    return trim_by_magnitude_(delta.clone(), density)
+    return trim_by_magnitude_(delta.clone(), density, **rules)
+
+
+def magnitude_trims(
+    task_vector_blocks: Callable[[int], Iterator[torch.Tensor]],
+    n_models: int,
+    numel: int,
+    densities: list[float],
+    *,
+    tie_break: str = "l2smerge",
+    rescale: str = "none",
+) -> list[MagnitudeTrim]:
+    """Each model's trim (as trim_by_magnitude_ decides it), from its task vector streamed in
+    blocks of rows: one float32 buffer of |δk|, reused for every model, instead of the inputs,
+    the task vector and |δk| all held at once."""
+    buffer: torch.Tensor | None = None
+    trims = []
+    for k in range(n_models):
+
+        def fill(out: torch.Tensor, k: int = k) -> None:
+            filled = 0
+            for block in task_vector_blocks(k):
+                n = block.numel()
+                torch.abs(block.reshape(-1), out=out[filled : filled + n])
+                filled += n
+            assert filled == numel, (filled, numel)
+
+        if buffer is None and 0 < keep_count(densities[k], numel, tie_break) < numel:
+            buffer = torch.empty(numel, dtype=torch.float32)
+        trims.append(
+            plan_magnitude_trim(
+                fill, numel, densities[k], tie_break=tie_break, rescale=rescale, buffer=buffer
+            )
+        )
+    return trims
 
 
 def drop_random_(
-    delta: torch.Tensor, drop_rate: float, generator: torch.Generator | None
+    delta: torch.Tensor,
+    drop_rate: float,
+    generator: torch.Generator | None,
+    *,
+    rescale: str = "inverse",
 ) -> torch.Tensor:
-    """DARE, in place: drop each entry with probability `drop_rate`, rescale the rest by
-    1/(1 - p).
+    """DARE, in place: drop each entry with probability `drop_rate`, rescale the survivors
+    ("inverse": by 1/(1 - p); "l1": to the tensor's L1 norm before the drop; "none").
 
     Random numbers are drawn on the generator's device (CPU by default) so a merge gives the
     same result on CPU and GPU.
     """
+    check_choice("rescale", rescale, ("inverse", "l1", "none"))
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
     if drop_rate == 0.0:
         return delta
     device = generator.device if generator is not None else torch.device("cpu")
     keep = torch.rand(delta.shape, generator=generator, device=device).ge_(drop_rate)
-    return delta.mul_(keep.to(delta.device)).div_(1.0 - drop_rate)
+    before = delta.abs().sum() if rescale == "l1" else None
+    delta.mul_(keep.to(delta.device))
+    del keep
+    if rescale == "inverse":
+        return delta.div_(1.0 - drop_rate)
+    if before is not None:
+        after = delta.abs().sum()
+        if before >= L1_EPS and after >= L1_EPS:
+            delta.mul_(float(before / after))
+    return delta
 
 
 def drop_random(
-    delta: torch.Tensor, drop_rate: float, generator: torch.Generator | None
+    delta: torch.Tensor,
+    drop_rate: float,
+    generator: torch.Generator | None,
+    *,
+    rescale: str = "inverse",
 ) -> torch.Tensor:
     """drop_random_ on a copy: the caller's tensor is left as it was."""
-    return drop_random_(delta.clone(), drop_rate, generator)
+    return drop_random_(delta.clone(), drop_rate, generator, rescale=rescale)
 
 
-def elect_sign(deltas: list[torch.Tensor]) -> torch.Tensor:
-    """Per entry, the sign of the summed deltas (+1, -1, or 0 where they cancel exactly)."""
+def elect_sign(deltas: list[torch.Tensor], *, tie_break: str = "l2smerge") -> torch.Tensor:
+    """Per entry, the sign of the summed deltas: +1 or -1; where they cancel exactly, 0
+    ("l2smerge") or +1 ("mergekit")."""
     total = deltas[0].clone()
     for d in deltas[1:]:
         total.add_(d)
+    if tie_break == "mergekit":
+        return total.ge_(0).mul_(2).sub_(1)
     return total.sign_()
 
 
-def disjoint_mean_(deltas: list[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
-    """Per entry, the mean of the non-zero deltas whose sign agrees with `sign` (0 if none).
-
-    Consumes `deltas` (they are masked in place) and returns the mean in `deltas[0]`'s memory.
-    """
-    if len(deltas) == 1:  # a lone delta always agrees with its own sign
-        return deltas[0].mul_(sign.ne(0))
-    count = torch.zeros(sign.shape, dtype=torch.uint8, device=sign.device)
-    total = deltas[0]
+def _keep_agreeing_(deltas: list[torch.Tensor], sign: torch.Tensor, weights: list[float] | None):
+    """Zero the entries of each delta that do not agree with `sign` (in place); return the
+    per-entry divisor: the count of agreeing deltas (uint8), or with `weights` the summed
+    weights of the agreeing models (float32)."""
+    if weights is None:
+        divisor = torch.zeros(sign.shape, dtype=torch.uint8, device=sign.device)
+    else:
+        divisor = torch.zeros(sign.shape, dtype=torch.float32, device=sign.device)
     for i, d in enumerate(deltas):
         agrees = torch.mul(d, sign).gt_(0)  # sign(d) == sign and d != 0
         d.mul_(agrees)
-        count.add_(agrees.to(torch.uint8))
+        if weights is None:
+            divisor.add_(agrees.to(torch.uint8))
+        else:
+            divisor.add_(agrees, alpha=weights[i])
         del agrees
+    return divisor
+
+
+def disjoint_sum_(deltas: list[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
+    """Per entry, the sum of the non-zero deltas whose sign agrees with `sign` (mergekit's
+    consensus without `normalize`). Consumes `deltas`; the result is in `deltas[0]`'s memory."""
+    total = deltas[0]
+    for i, d in enumerate(deltas):
+        d.mul_(torch.mul(d, sign).gt_(0))
         if i:
             total.add_(d)
-    return total.div_(count.clamp_(min=1))
+    return total
 
 
-def disjoint_mean(deltas: list[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
+def disjoint_mean_(
+    deltas: list[torch.Tensor], sign: torch.Tensor, weights: list[float] | None = None
+) -> torch.Tensor:
+    """Per entry, the sum of the non-zero deltas whose sign agrees with `sign`, divided by
+    their count (0 if none), or with `weights` by the summed weights of the agreeing models
+    (mergekit's `normalize`; a divisor of exactly 0 counts as 1).
+
+    Consumes `deltas` (they are masked in place) and returns the mean in `deltas[0]`'s memory.
+    """
+    if len(deltas) == 1 and weights is None:  # a lone delta always agrees with its own sign
+        return deltas[0].mul_(sign.ne(0))
+    divisor = _keep_agreeing_(deltas, sign, weights)
+    total = deltas[0]
+    for d in deltas[1:]:
+        total.add_(d)
+    if weights is None:
+        return total.div_(divisor.clamp_(min=1))
+    return total.div_(divisor.masked_fill_(divisor == 0, 1.0))
+
+
+def disjoint_mean(
+    deltas: list[torch.Tensor], sign: torch.Tensor, weights: list[float] | None = None
+) -> torch.Tensor:
     """disjoint_mean_ on copies: the caller's deltas are left as they were."""
-    return disjoint_mean_([d.clone() for d in deltas], sign)
+    return disjoint_mean_([d.clone() for d in deltas], sign, weights)

@@ -1,7 +1,11 @@
 """Task-vector merges (DESIGN.md): average, task arithmetic, TIES, DARE-TA, DARE-TIES.
 
-Notation: base θ0, models θk, task vectors δk = θk − θ0, per-model weight αk.
-Defaults are the study's 7B settings; docs/methods.md maps its k and p onto these options.
+Notation: base θ0, models θk, task vectors δk = θk − θ0, per-model scale αk, per-model weight
+wk. Defaults are the study's 7B settings; docs/methods.md maps its k and p onto these options.
+
+`weight`, `normalize`, `rescale` and `tie_break` carry mergekit's semantics (a mergekit recipe
+is translated onto them, docs/merge.md "Coming from mergekit"); their defaults leave the
+study's formulas as they were.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ import torch
 
 from l2smerge.methods.registry import register
 from l2smerge.methods.sparsify import (
+    TIE_BREAKS,
+    MagnitudeTrim,
+    apply_magnitude_trim_,
+    check_choice,
+    check_flag,
     disjoint_mean_,
+    disjoint_sum_,
     drop_random_,
     elect_sign,
-    keep_at_least_,
-    magnitude_thresholds,
+    magnitude_trims,
     per_model,
     trim_by_magnitude_,
 )
@@ -27,71 +36,159 @@ from l2smerge.util.errors import warn
 # vectors it creates itself: for a 7B model's embedding each float32 copy is ~2 GB.
 
 
-def _consensus(base: torch.Tensor, deltas: list[torch.Tensor], alphas: list[float]):
-    """θ0 + disjoint mean of the αk-scaled deltas around their elected sign (consumes deltas)."""
-    scaled = [d.mul_(a) for d, a in zip(deltas, alphas, strict=True)]
-    if len(scaled) == 1:  # a lone task vector agrees with its own signs everywhere
-        return scaled[0].add_(base)
-    return disjoint_mean_(scaled, elect_sign(scaled)).add_(base)
+def _weight_sum(weights: list[float]) -> float:
+    """Σ wk in float32, as mergekit sums its weight tensor."""
+    return float(torch.tensor(weights, dtype=torch.float32).sum())
+
+
+def _factors(alphas: list[float], weights: list[float]) -> tuple[list[float], float]:
+    """What each δk is multiplied by before consensus, and the scale applied after it.
+
+    One α for all models is applied after the (weighted) disjoint mean, as in the TIES paper
+    and as mergekit applies `lambda`; per-model αk multiply their δk beforehand, with wk."""
+    if len(set(alphas)) == 1:
+        return weights, alphas[0]
+    return [a * w for a, w in zip(alphas, weights, strict=True)], 1.0
+
+
+def _consensus(
+    base: torch.Tensor,
+    deltas: list[torch.Tensor],
+    factors: list[float],
+    scale: float,
+    weights: list[float],
+    *,
+    normalize: bool,
+    tie_break: str,
+) -> torch.Tensor:
+    """θ0 + scale · Σ (factor_k·δk agreeing with the elected sign) / D (consumes deltas), where
+    D is the summed weight of the agreeing models with `normalize` (their count when every
+    weight is 1: the TIES disjoint mean) and 1 without."""
+    weighted = [d.mul_(f) if f != 1.0 else d for d, f in zip(deltas, factors, strict=True)]
+    if len(weighted) == 1 and (not normalize or weights[0] == 1.0):
+        mixed = weighted[0]  # a lone task vector agrees with its own sign wherever it is not 0
+    else:
+        sign = elect_sign(weighted, tie_break=tie_break)
+        if normalize:
+            unit = all(w == 1.0 for w in weights)
+            mixed = disjoint_mean_(weighted, sign, None if unit else weights)
+        else:
+            mixed = disjoint_sum_(weighted, sign)
+        del sign
+    if scale != 1.0:
+        mixed.mul_(scale)
+    return mixed.add_(base)
 
 
 def _warn_single_model(config) -> Callable[[str], dict[str, Any]]:
-    if len(config.models) == 1:
+    if len(config.models) == 1 and config.parameters.get("normalize", True) is True:
         warn("average of one --model returns that model unchanged (list System 1 and System 2)")
     return lambda _tensor_name: {}
 
 
 @register("average", needs_base=False, elementwise=True, linear=True, prepare=_warn_single_model)
-def average(tensors: list[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
-    """Plain mean of the models' weights (the base is not counted unless listed as a model)."""
-    merged = tensors[0].clone()
-    for t in tensors[1:]:
-        merged.add_(t)
-    return merged.div_(len(tensors))
+def average(
+    tensors: list[torch.Tensor],
+    base: torch.Tensor | None,
+    *,
+    weight: float | list[float] = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Mean of the models' weights, Σ wk·θk / Σ wk (the base is not counted unless listed)."""
+    weights = per_model(weight, len(tensors), "weight")
+    check_flag("normalize", normalize)
+    merged = tensors[0].clone() if weights[0] == 1.0 else tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:], strict=True):
+        merged.add_(t, alpha=w)
+    if not normalize:
+        return merged
+    total = _weight_sum(weights)
+    if total == 0.0:
+        raise ValueError("the weights sum to 0, so they cannot be normalised")
+    return merged.div_(total)
 
 
 @register("task_arithmetic", elementwise=True, linear=True)
 def task_arithmetic(
-    tensors: list[torch.Tensor], base: torch.Tensor, *, alpha: float | list[float] = 0.7
+    tensors: list[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    alpha: float | list[float] = 0.7,
+    weight: float | list[float] = 1.0,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Task arithmetic: θ0 + Σ αk·δk."""
+    """Task arithmetic: θ0 + Σ αk·wk·δk (divided by Σ wk with normalize)."""
     alphas = per_model(alpha, len(tensors), "alpha")
-    # θ0 + Σ αk(θk − θ0) = (1 − Σ αk)·θ0 + Σ αk·θk: no task vector is materialised.
-    merged = base * (1.0 - sum(alphas))
-    for t, a in zip(tensors, alphas, strict=True):
-        merged.add_(t, alpha=a)
+    weights = per_model(weight, len(tensors), "weight")
+    divisor = _weight_sum(weights) if check_flag("normalize", normalize) else 1.0
+    if abs(divisor) < 1e-8:  # mergekit's guard for weights that cancel
+        divisor = 1.0
+    coefficients = [a * w / divisor for a, w in zip(alphas, weights, strict=True)]
+    # θ0 + Σ ck(θk − θ0) = (1 − Σ ck)·θ0 + Σ ck·θk: no task vector is materialised.
+    merged = base * (1.0 - sum(coefficients))
+    for t, c in zip(tensors, coefficients, strict=True):
+        merged.add_(t, alpha=c)
     return merged
 
 
-def _ties_thresholds(
-    task_vector_blocks, n_models: int, numel: int, *, density=0.2, **_: object
-) -> dict[str, list[float]]:
-    """First pass of a blockwise TIES: each model's magnitude threshold over the whole tensor."""
+def _ties_trims(
+    task_vector_blocks,
+    n_models: int,
+    numel: int,
+    *,
+    density=0.2,
+    rescale="none",
+    tie_break="l2smerge",
+    **_: object,
+) -> dict[str, list[MagnitudeTrim]]:
+    """First pass of a blockwise TIES: each model's trim decided over the whole tensor."""
     densities = per_model(density, n_models, "density")
-    return {"thresholds": magnitude_thresholds(task_vector_blocks, n_models, numel, densities)}
+    trims = magnitude_trims(
+        task_vector_blocks, n_models, numel, densities, tie_break=tie_break, rescale=rescale
+    )
+    return {"thresholds": trims}
 
 
-@register("ties", block_stats=_ties_thresholds)
+@register("ties", block_stats=_ties_trims)
 def ties(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
     *,
     alpha: float | list[float] = 1.0,
     density: float | list[float] = 0.2,
-    thresholds: list[float] | None = None,
+    weight: float | list[float] = 1.0,
+    normalize: bool = True,
+    rescale: str = "none",
+    tie_break: str = "l2smerge",
+    thresholds: list[MagnitudeTrim] | None = None,
+    block_offset: int = 0,
 ) -> torch.Tensor:
     """TIES: trim each δk to its top-density magnitudes, elect signs, add α·disjoint mean.
 
     With `thresholds` (the executor's first pass over a large tensor), `tensors` and `base`
-    are a block of rows and each δk is trimmed at its whole-tensor threshold: the same result
-    as trimming the whole tensor, in a few blocks' memory."""
+    are a block of rows starting at flat index `block_offset`, and each δk is trimmed as its
+    whole-tensor trim says: the same result as trimming the whole tensor, in a few blocks'
+    memory."""
     alphas = per_model(alpha, len(tensors), "alpha")
+    weights = per_model(weight, len(tensors), "weight")
+    check_flag("normalize", normalize)
+    check_choice("rescale", rescale, ("none", "l1"))
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     if thresholds is not None:
-        deltas = [keep_at_least_(t - base, c) for t, c in zip(tensors, thresholds, strict=True)]
+        deltas = [
+            apply_magnitude_trim_(t - base, trim, block_offset)
+            for t, trim in zip(tensors, thresholds, strict=True)
+        ]
     else:
         densities = per_model(density, len(tensors), "density")
-        deltas = [trim_by_magnitude_(t - base, d) for t, d in zip(tensors, densities, strict=True)]
-    return _consensus(base, deltas, alphas)
+        deltas = [
+            trim_by_magnitude_(t - base, d, tie_break=tie_break, rescale=rescale)
+            for t, d in zip(tensors, densities, strict=True)
+        ]
+    factors, scale = _factors(alphas, weights)
+    return _consensus(
+        base, deltas, factors, scale, weights, normalize=normalize, tie_break=tie_break
+    )
 
 
 @register("dare_ta")
@@ -101,15 +198,32 @@ def dare_ta(
     *,
     alpha: float | list[float] = 0.7,
     drop_rate: float | list[float] = 0.3,
+    weight: float | list[float] = 1.0,
+    normalize: bool = False,
+    rescale: str = "inverse",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DARE-TA: drop each δk entry with probability p, rescale by 1/(1−p), then θ0 + Σ αk·δk."""
+    """DARE-TA: drop each δk entry with probability p, rescale, then θ0 + Σ αk·wk·δk."""
     alphas = per_model(alpha, len(tensors), "alpha")
     rates = per_model(drop_rate, len(tensors), "drop_rate")
-    merged = base.clone()
-    for t, a, p in zip(tensors, alphas, rates, strict=True):
-        merged.add_(drop_random_(t - base, p, generator), alpha=a)
-    return merged
+    weights = per_model(weight, len(tensors), "weight")
+    divisor = _weight_sum(weights) if check_flag("normalize", normalize) else 1.0
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+    factors, scale = _factors(alphas, weights)
+    mixed: torch.Tensor | None = None
+    for t, f, p in zip(tensors, factors, rates, strict=True):
+        delta = drop_random_(t - base, p, generator, rescale=rescale)
+        if f != 1.0:
+            delta.mul_(f)
+        mixed = delta if mixed is None else mixed.add_(delta)
+        del delta
+    assert mixed is not None
+    if divisor != 1.0:
+        mixed.div_(divisor)
+    if scale != 1.0:
+        mixed.mul_(scale)
+    return mixed.add_(base)
 
 
 @register("dare_ties")
@@ -120,13 +234,24 @@ def dare_ties(
     alpha: float | list[float] = 1.0,
     drop_rate: float | list[float] = 0.3,
     density: float | list[float] = 0.2,
+    weight: float | list[float] = 1.0,
+    normalize: bool = True,
+    rescale: str = "inverse",
+    tie_break: str = "l2smerge",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """DARE-TIES: DARE on each δk, then TIES (trim to density, elect signs, disjoint mean)."""
     alphas = per_model(alpha, len(tensors), "alpha")
     rates = per_model(drop_rate, len(tensors), "drop_rate")
     densities = per_model(density, len(tensors), "density")
+    weights = per_model(weight, len(tensors), "weight")
+    check_flag("normalize", normalize)
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     deltas = []
     for t, p, d in zip(tensors, rates, densities, strict=True):
-        deltas.append(trim_by_magnitude_(drop_random_(t - base, p, generator), d))
-    return _consensus(base, deltas, alphas)
+        dropped = drop_random_(t - base, p, generator, rescale=rescale)
+        deltas.append(trim_by_magnitude_(dropped, d, tie_break=tie_break))
+    factors, scale = _factors(alphas, weights)
+    return _consensus(
+        base, deltas, factors, scale, weights, normalize=normalize, tie_break=tie_break
+    )
