@@ -64,13 +64,30 @@ def _sigterm_to_exit(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)  # lets the merge remove its temporary folder
 
 
+def _write_mergekit(config, dest: Path) -> None:
+    from l2smerge.merge.mergekit import to_mergekit
+    from l2smerge.util.atomic import write_text_atomic
+
+    text, notes = to_mergekit(config)
+    if str(dest) == "-":
+        typer.echo(text, nl=False)
+        return
+    write_text_atomic(dest, text)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"mergekit recipe written to {dest}")
+
+
 @app.command("merge")
 def merge(
     config_file: Annotated[
         Optional[Path],  # noqa: UP045 (typer reads this at runtime)
         typer.Argument(metavar="[CONFIG.yaml]", help="A YAML merge config (instead of options)."),
     ] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output model folder.")] = ...,  # type: ignore[assignment]
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("-o", "--out", help="Output model folder."),
+    ] = None,
     base: Annotated[Optional[Path], typer.Option(help="Base model (θ0).")] = None,  # noqa: UP045
     model: Annotated[
         Optional[list[Path]],  # noqa: UP045
@@ -136,6 +153,14 @@ def merge(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    to_mergekit: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--to-mergekit",
+            metavar="FILE",
+            help="Write this merge as a mergekit YAML to FILE ('-': stdout) instead of merging.",
+        ),
+    ] = None,
 ) -> None:
     """Merge a base and one or more models into one checkpoint (or run CONFIG.yaml)."""
     from l2smerge.merge.config import MergeConfig
@@ -207,6 +232,17 @@ def merge(
             ),
             **fields,
         )
+    if config.mergekit_notes is not None:
+        err = str(to_mergekit) == "-"  # keep stdout for the YAML asked for
+        typer.echo(f"{config_file}: a mergekit recipe, read as this l2smerge recipe:", err=err)
+        typer.echo(config.to_yaml().rstrip(), err=err)
+        for note in config.mergekit_notes:
+            typer.echo(f"note: {note}", err=err)
+    if to_mergekit is not None:
+        _write_mergekit(config, to_mergekit)
+        return
+    if out is None:
+        raise L2SError("no output: pass -o OUT (or --to-mergekit FILE to write mergekit YAML)")
     signal.signal(signal.SIGTERM, _sigterm_to_exit)
     result = run_merge(config, out, progress=not no_progress, force=force)
     typer.echo(f"merged model written to {result}")

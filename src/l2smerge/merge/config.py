@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from l2smerge.util.errors import L2SError
 
@@ -62,6 +62,8 @@ class MergeConfig(BaseModel):
     max_shard_size: str = "5GB"
     allow_pickle: bool = False
     preset: str | None = None  # recorded only; its settings are already in the fields
+    # Set when the YAML was a mergekit recipe: what its translation could not keep exactly.
+    _mergekit_notes: list[str] | None = PrivateAttr(default=None)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -156,6 +158,12 @@ class MergeConfig(BaseModel):
             raise L2SError(f"{path}:{where}: invalid YAML ({problem})") from exc
         if not isinstance(data, dict):
             raise L2SError(f"{path}: a merge config is a YAML mapping (method:, models:, ...)")
+        from l2smerge.merge import mergekit
+
+        if mergekit.is_mergekit_recipe(data):  # mergekit's format: read as what it means there
+            translation = mergekit.from_mergekit(data, path)
+            translation.config._mergekit_notes = translation.notes
+            return translation.config
         if "preset" in data and data["preset"] is not None:
             from l2smerge.merge.presets import get_preset
 
@@ -202,6 +210,11 @@ class MergeConfig(BaseModel):
 
     # -- views ------------------------------------------------------------------------------
     @property
+    def mergekit_notes(self) -> list[str] | None:
+        """None, or (for a config read from a mergekit recipe) the translation's notes."""
+        return self._mergekit_notes
+
+    @property
     def model_paths(self) -> list[Path]:
         return [m.path for m in self.models]
 
@@ -220,6 +233,11 @@ def _first_error(exc: ValidationError) -> str:
 
 
 # -- per-tensor resolution -----------------------------------------------------------------
+
+
+def in_numbered_layer(tensor_name: str) -> bool:
+    """Whether the tensor belongs to a numbered decoder layer (`model.layers.3.mlp...`)."""
+    return _LAYER.search(tensor_name) is not None
 
 
 def layer_depth(tensor_name: str, num_layers: int) -> float:
