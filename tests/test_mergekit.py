@@ -413,6 +413,27 @@ def test_dare_ties_sums_unless_normalize(models, tmp_path, monkeypatch, capsys):
     assert_same(mean, mergekit_result({**as_ties, "parameters": {"normalize": True}}))
 
 
+def test_a_note_says_where_mergekit_would_compute_in_lower_precision(
+    models, tmp_path, monkeypatch, capsys
+):
+    m = models["bf16"]
+    recipe = {  # no dtype: mergekit computes in the inputs' bfloat16, writes bfloat16
+        "merge_method": "task_arithmetic",
+        "base_model": m["base"],
+        "models": [{"model": m["a"], "parameters": {"weight": 0.5}}],
+    }
+    got, printed = merge_recipe(tmp_path, monkeypatch, capsys, recipe)
+    assert "note: mergekit computes in bfloat16; l2smerge computes in float32" in printed
+    assert got["lm_head.weight"].dtype == torch.bfloat16
+    linear = {
+        "merge_method": "linear",
+        "models": [{"model": m["a"], "parameters": {"weight": 1.0}}],
+        "dtype": "bfloat16",
+    }
+    _, printed = merge_recipe(tmp_path, monkeypatch, capsys, linear, "linear")
+    assert "note:" not in printed  # linear sums in float32 in mergekit too
+
+
 def test_mergekit_ties_in_row_blocks_gives_the_same_bytes(models, tmp_path, monkeypatch):
     import l2smerge.merge.executor as executor
 

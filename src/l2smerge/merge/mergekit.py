@@ -209,6 +209,11 @@ class Layout:
 
         return [Checkpoint(p) for p in self.paths]
 
+    @property
+    def first(self):
+        """The base (or the first model): the checkpoint whose layout the output follows."""
+        return self._checkpoints[0]
+
     @cached_property
     def names(self) -> list[str]:
         return list(dict.fromkeys(n for c in self._checkpoints for n in c.names()))
@@ -217,7 +222,7 @@ class Layout:
     def num_layers(self) -> int:
         from l2smerge.merge.executor import _num_layers
 
-        return _num_layers(self._checkpoints[0])
+        return _num_layers(self.first)
 
     @cached_property
     def outside_layers(self) -> list[str]:
@@ -393,7 +398,7 @@ def from_mergekit(data: dict, path: Path) -> Translation:
     shared: dict[str, Any] = {}
     model_params: list[dict[str, Any]] = [{} for _ in entries]
 
-    def put(our_name: str, mk_name: str, convert=None, *, default_fallback: bool = True) -> None:
+    def put(our_name: str, mk_name: str, convert=None) -> None:
         """Translate mergekit's `mk_name` (top level and per model) into our `our_name`."""
         mk = spec[mk_name]
         default = None if mk.default is REQUIRED else mk.default
@@ -401,9 +406,8 @@ def from_mergekit(data: dict, path: Path) -> Translation:
             default = convert(default)
         if mk_name in given:
             setting = given[mk_name] if convert is None else given[mk_name].map(convert)
-            fallback = default if default_fallback else None
             shared[our_name] = to_l2smerge(
-                setting, layout, fallback if not setting.covers_all else None
+                setting, layout, default if not setting.covers_all else None
             )
         elif default is not None:
             shared[our_name] = default
@@ -448,11 +452,9 @@ def from_mergekit(data: dict, path: Path) -> Translation:
         if data.get("out_dtype") is not None
         else None
     )
-    if dtype not in (None, "float32"):
-        notes.append(
-            f"mergekit computes in dtype {dtype}; l2smerge computes in float32 and writes "
-            f"{out_dtype or dtype} (values differ by {dtype} rounding)"
-        )
+    note = _compute_dtype_note(method, dtype, layout)
+    if note:
+        notes.append(note)
     source = data.get("tokenizer_source")
     if isinstance(tokenizer, dict):
         source = tokenizer["source"]
@@ -474,6 +476,27 @@ def from_mergekit(data: dict, path: Path) -> Translation:
         tokenizer_from=tokenizer_from,
     )
     return Translation(config, notes)
+
+
+def _compute_dtype_note(method: str, dtype: str | None, layout: Layout) -> str | None:
+    """What mergekit's arithmetic precision would be, where it is not l2smerge's float32:
+    its task-vector methods compute in `dtype` (else the inputs' dtype); `linear` sums in
+    float32 after rounding the inputs to `dtype`."""
+    from l2smerge.merge.checkpoint import dtype_name
+    from l2smerge.merge.executor import _dominant_float_dtype
+
+    stored = dtype_name(_dominant_float_dtype(layout.first))
+    if method == "linear":
+        if dtype in (None, "float32") or dtype == stored:
+            return None
+        return f"mergekit rounds the {stored} inputs to {dtype} before its float32 sum"
+    compute = dtype or stored
+    if compute == "float32":
+        return None
+    return (
+        f"mergekit computes in {compute}; l2smerge computes in float32 (the results differ by "
+        f"{compute} rounding)"
+    )
 
 
 def _check_density(path, given, per_model, *, low, high, low_open=False) -> None:
