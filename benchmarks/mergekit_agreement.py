@@ -6,7 +6,8 @@ vectors tie at the TIES threshold by the thousand, which exercises mergekit's ti
 The embedding and LM head (vocab 32768 × hidden 128, 16.8 MB in float32) are above the
 executor's 16 MB block size, so TIES also runs in row blocks there. Then every recipe below is
 merged with `mergekit-yaml` and with `l2smerge merge RECIPE.yml`, both computing in float32
-(`dtype: float32`) and writing float32 (`out_dtype: float32`), and compared tensor by tensor:
+(`dtype: float32`) and writing float32 (`out_dtype: float32`, or --out-dtype), and compared
+tensor by tensor:
 
   deterministic methods (linear, task_arithmetic, ties): max |diff| per tensor, worst tensor;
   DARE (random masks): statistics of the merged task vector Δ = merged − base: the fraction
@@ -36,10 +37,10 @@ SHAPES = dict(layers=4, hidden=128, intermediate=256, heads=4, kv_heads=2, head_
 MERGEKIT_VERSION = "0.1.5"
 
 
-def recipes(m: dict[str, str]) -> dict[str, dict]:
+def recipes(m: dict[str, str], out_dtype: str = "float32") -> dict[str, dict]:
     """mergekit's example styles (README, examples/*.yml) on our small models."""
     base, a, b, c = m["base"], m["a"], m["b"], m["c"]
-    out = {"dtype": "float32", "out_dtype": "float32"}
+    out = {"dtype": "float32", "out_dtype": out_dtype}
     return {
         "linear (examples/linear.yml)": {
             "merge_method": "linear",
@@ -226,7 +227,12 @@ def compare(ours: Path, theirs: Path, base: Path, random: bool) -> dict:
     for name in sorted(set(a.names()) & set(b.names())):
         x, y = a.read(name).float(), b.read(name).float()
         if not random:
-            rows[name] = {"max_abs_diff": float((x - y).abs().max())}
+            diff = (x - y).abs()
+            rows[name] = {
+                "max_abs_diff": float(diff.max()),
+                "differing": int((diff > 0).sum()),
+                "numel": diff.numel(),
+            }
             continue
         theta0 = o.read(name).float()
         dx, dy = (x - theta0).flatten(), (y - theta0).flatten()
@@ -244,9 +250,12 @@ def summary(result: dict, random: bool) -> str:
     if not random:
         worst = max(rows, key=lambda n: rows[n]["max_abs_diff"])
         exact = sum(r["max_abs_diff"] == 0.0 for r in rows.values())
+        differing = sum(r["differing"] for r in rows.values()) / sum(
+            r["numel"] for r in rows.values()
+        )
         return (
             f"max |diff| {rows[worst]['max_abs_diff']:.3g} ({worst}); "
-            f"{exact}/{len(rows)} tensors identical"
+            f"{exact}/{len(rows)} tensors identical, {differing:.2%} of entries differ"
         )
     numel = sum(r["numel"] for r in rows.values())
 
@@ -271,6 +280,7 @@ def main() -> None:
     ap.add_argument("--install-mergekit", action="store_true", help="create the mergekit venv")
     ap.add_argument("--storage", default="float32,bfloat16", help="input dtypes to try")
     ap.add_argument("--only", default=None, help="run only recipes whose label contains this")
+    ap.add_argument("--out-dtype", default="float32", help="the recipes' out_dtype")
     args = ap.parse_args()
 
     mergekit = args.mergekit_venv / "bin" / "mergekit-yaml"
@@ -289,8 +299,8 @@ def main() -> None:
     record: dict = {"mergekit": version, "shapes": SHAPES, "results": {}}
     for storage in args.storage.split(","):
         models = build_models(args.workdir / f"models-{storage}", storage, SHAPES)
-        print(f"\ninputs stored in {storage}, computed and written in float32:")
-        for label, recipe in recipes(models).items():
+        print(f"\ninputs stored in {storage}, computed in float32, written in {args.out_dtype}:")
+        for label, recipe in recipes(models, args.out_dtype).items():
             if args.only and args.only not in label:
                 continue
             work = args.workdir / "runs"
@@ -307,7 +317,7 @@ def main() -> None:
             random = recipe["merge_method"].startswith("dare")
             result = compare(work / "l2s", work / "mk", Path(models["base"]), random)
             result["seconds"] = {"mergekit": round(t_mk, 2), "l2smerge": round(t_l2s, 2)}
-            record["results"][f"{storage}: {label}"] = result
+            record["results"][f"{storage} -> {args.out_dtype}: {label}"] = result
             print(f"  {label:44s} {summary(result, random)}", flush=True)
             if result["only_in_one"]:
                 print(f"    tensors in only one output: {result['only_in_one']}")

@@ -633,6 +633,7 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
         raise L2SError(f"method {method}: no mergekit equivalent (mergekit has no {what})")
     if method not in TO_MERGEKIT:
         raise L2SError(f"method {method}: no mergekit equivalent")
+    config = config.relative_to(Path.cwd())  # mergekit reads relative paths from its cwd
     plan = plan_merge(config)  # checks the whole merge; gives the tensors and the dtype
     tensors = _Tensors([job.name for job in plan.jobs], plan.num_layers)
     theirs = TO_MERGEKIT[method]

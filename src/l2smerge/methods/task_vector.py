@@ -108,6 +108,31 @@ def average(
     return merged.div_(total)
 
 
+def _mix(
+    deltas, base: torch.Tensor, factors: list[float], scale: float, divisor: float
+) -> torch.Tensor:
+    """θ0 + scale · Σ factor_k·δk / divisor, in mergekit's order of operations (so a translated
+    recipe gives its bytes); `deltas` yields each δk as a tensor the sum may consume."""
+    mixed: torch.Tensor | None = None
+    for delta, f in zip(deltas, factors, strict=True):
+        if f != 1.0:
+            delta.mul_(f)
+        mixed = delta if mixed is None else mixed.add_(delta)
+        del delta
+    assert mixed is not None
+    if divisor != 1.0:
+        mixed.div_(divisor)
+    if scale != 1.0:
+        mixed.mul_(scale)
+    return mixed.add_(base)
+
+
+def _divisor(weights: list[float], normalize: bool) -> float:
+    """Σ wk with normalize (1 where the weights cancel, as mergekit guards it), else 1."""
+    divisor = _weight_sum(weights) if check_flag("normalize", normalize) else 1.0
+    return 1.0 if abs(divisor) < 1e-8 else divisor
+
+
 @register("task_arithmetic", elementwise=True, linear=True)
 def task_arithmetic(
     tensors: list[torch.Tensor],
@@ -120,15 +145,9 @@ def task_arithmetic(
     """Task arithmetic: θ0 + Σ αk·wk·δk (divided by Σ wk with normalize)."""
     alphas = per_model(alpha, len(tensors), "alpha")
     weights = per_model(weight, len(tensors), "weight")
-    divisor = _weight_sum(weights) if check_flag("normalize", normalize) else 1.0
-    if abs(divisor) < 1e-8:  # mergekit's guard for weights that cancel
-        divisor = 1.0
-    coefficients = [a * w / divisor for a, w in zip(alphas, weights, strict=True)]
-    # θ0 + Σ ck(θk − θ0) = (1 − Σ ck)·θ0 + Σ ck·θk: no task vector is materialised.
-    merged = base * (1.0 - sum(coefficients))
-    for t, c in zip(tensors, coefficients, strict=True):
-        merged.add_(t, alpha=c)
-    return merged
+    divisor = _divisor(weights, normalize)
+    factors, scale = _factors(alphas, weights)
+    return _mix((torch.sub(t, base) for t in tensors), base, factors, scale, divisor)
 
 
 def _ties_trims(
@@ -207,23 +226,13 @@ def dare_ta(
     alphas = per_model(alpha, len(tensors), "alpha")
     rates = per_model(drop_rate, len(tensors), "drop_rate")
     weights = per_model(weight, len(tensors), "weight")
-    divisor = _weight_sum(weights) if check_flag("normalize", normalize) else 1.0
-    if abs(divisor) < 1e-8:
-        divisor = 1.0
+    divisor = _divisor(weights, normalize)
     factors, scale = _factors(alphas, weights)
-    mixed: torch.Tensor | None = None
-    for t, f, p in zip(tensors, factors, rates, strict=True):
-        delta = drop_random_(t - base, p, generator, rescale=rescale)
-        if f != 1.0:
-            delta.mul_(f)
-        mixed = delta if mixed is None else mixed.add_(delta)
-        del delta
-    assert mixed is not None
-    if divisor != 1.0:
-        mixed.div_(divisor)
-    if scale != 1.0:
-        mixed.mul_(scale)
-    return mixed.add_(base)
+    dropped = (
+        drop_random_(t - base, p, generator, rescale=rescale)
+        for t, p in zip(tensors, rates, strict=True)
+    )
+    return _mix(dropped, base, factors, scale, divisor)
 
 
 @register("dare_ties")
