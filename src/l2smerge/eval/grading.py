@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from l2smerge.eval.benchmarks import BENCHMARKS, Item
 
+GRADER_VERSION = "1"  # recorded in run.json; bump whenever a verdict can change
 NUMERIC_REL_TOL = 1e-4
 # Seconds math-verify may spend parsing, and comparing, one answer (main thread only).
 MATH_VERIFY_TIMEOUT = 3
