@@ -11,7 +11,7 @@ import pytest
 
 from l2smerge.eval import evaluate
 from l2smerge.eval.benchmarks import load_items
-from l2smerge.eval.rundir import RunDir
+from l2smerge.eval.runs import RunDir
 from l2smerge.util.errors import L2SError
 
 BENCH_FIELDS = {

@@ -25,7 +25,7 @@ from l2smerge.eval.metrics import summarize
 from l2smerge.eval.progress import EvalProgress
 from l2smerge.eval.prompts import PromptBuilder
 from l2smerge.eval.reflection import count_reflections
-from l2smerge.eval.rundir import RunDir
+from l2smerge.eval.runs import RunDir
 from l2smerge.util.errors import L2SError
 
 # The study's generation limits: System 2 and merged models (CoT) vs System 1 (few-shot).
