@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from l2smerge.eval import evaluate
-from l2smerge.eval.backends import Request
+from l2smerge.eval.backends import Generation, Request
+from l2smerge.eval.backends.base import finish
 from l2smerge.eval.backends.hf import HFBackend
 from l2smerge.eval.prompts import PromptBuilder
 
@@ -26,11 +27,11 @@ QUESTIONS = ["1+1?", "What is the sum of the first ten primes?", "x", "Solve $x^
 def tiny(tmp_path_factory) -> Path:
     from tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=1)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=1, context=4096)
 
 
-def requests_for(backend, questions):
-    build = PromptBuilder("cot", backend.tokenizer)
+def requests_for(backend, questions, prompt="chat"):
+    build = PromptBuilder(prompt, backend.tokenizer)
     return [Request(("lab", i), build(q)) for i, q in enumerate(questions)]
 
 
@@ -45,7 +46,7 @@ def test_batched_equals_one_by_one(tiny):
         assert a[i].tokens == 12 and a[i].truncated  # a random model never says eos here
 
 
-def test_cot_prompt_uses_chat_template(tiny):
+def test_chat_prompt_uses_chat_template(tiny):
     backend = HFBackend(str(tiny), device="cpu")
     prompt = requests_for(backend, ["What is 2+2?"])[0].prompt
     assert prompt.text == (
@@ -64,7 +65,7 @@ def test_stops_at_eos(tiny, tmp_path):
     eos = ids[3]
     if eos in ids[:3]:
         pytest.skip("the tiny model repeats its 4th token earlier; pick another seed")
-    backend.eos_ids.add(eos)
+    backend.stop_ids = (*backend.stop_ids, eos)
     [(_, stopped)] = list(backend.generate(request, max_tokens=8))
     assert stopped.tokens == 3
     assert not stopped.truncated
@@ -151,9 +152,16 @@ def test_killed_run_resumes_each_item_once(tiny, tmp_path, data_dir):
 
 def test_stop_string_ends_a_response_without_truncation(tiny):
     backend = HFBackend(str(tiny), device="cpu")
-    ids = backend.tokenizer.encode("x = 2.\nQuestion: next", add_special_tokens=False)
-    stop = ("\nQuestion:",)
-    stopped = backend._finish(ids + [backend.pad_id] * 3, stop, max_tokens=len(ids) + 3)
-    assert stopped == type(stopped)("x = 2.", len(ids), False)
-    cut = backend._finish(ids, (), max_tokens=len(ids))
-    assert cut.truncated and cut.response == "x = 2.\nQuestion: next"
+    ids = backend.tokenizer.encode("x = 2.\n\nQuestion: next", add_special_tokens=False)
+    kept = len(backend.tokenizer.encode("x = 2.", add_special_tokens=False))
+    stop = ("\n\nQuestion:",)
+    stopped = finish(backend.tokenizer, ids, stop_ids=backend.stop_ids, stop=stop, limit=len(ids))
+    # the response and its token count end before the stop string
+    assert stopped == Generation("x = 2.", kept, False)
+    # hf pads a sequence that ended on a stop string; padding with a stop id changes nothing
+    padded = ids + [backend.stop_ids[0]] * 3
+    assert finish(backend.tokenizer, padded, stop_ids=backend.stop_ids, stop=stop, limit=99) == (
+        Generation("x = 2.", kept, False)
+    )
+    cut = finish(backend.tokenizer, ids, stop_ids=backend.stop_ids, stop=(), limit=len(ids))
+    assert cut.truncated and cut.response == "x = 2.\n\nQuestion: next" and cut.tokens == len(ids)

@@ -48,7 +48,7 @@ def free_port() -> int:
 def tiny(tmp_path_factory) -> Path:
     from tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=2)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=2, context=4096)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,18 @@ def responses(run: Path) -> dict[int, dict]:
     return {x["id"]: x for x in lines}
 
 
-@pytest.mark.parametrize("api", ["chat", "completions"])
-def test_transformers_serve_matches_hf_backend(served, tiny, lab_data, tmp_path, api):
-    common = dict(data_dir=lab_data, max_tokens=8, progress=False)
+@pytest.mark.parametrize(
+    "prompt,api",
+    [("chat", "chat"), ("chat", "completions"), ("qwen25-math-cot", "auto")],
+)
+def test_transformers_serve_matches_hf_backend(served, tiny, lab_data, tmp_path, prompt, api):
+    """The study's raw prompt goes to /v1/completions (api auto) and gives what the hf backend
+    gives; so does `chat`, rendered by the server or here."""
+    from l2smerge.eval.backends.base import count_tokens, load_tokenizer
+
+    common = dict(data_dir=lab_data, max_tokens=8, progress=False, prompt=prompt)
     evaluate(tiny, "lab", out_dir=tmp_path / "hf", device="cpu", **common)
+    counted_here = api != "chat"
     summary = evaluate(
         str(tiny),
         "lab",
@@ -115,13 +123,147 @@ def test_transformers_serve_matches_hf_backend(served, tiny, lab_data, tmp_path,
         base_url=served,
         api=api,
         concurrency=2,
-        tokenizer=tiny if api == "completions" else None,
+        tokenizer=tiny if counted_here else None,
         **common,
     )
     lab = summary["benchmarks"]["lab"]
-    assert lab["n"] == 4 and lab["mean_tokens"] == 8 and lab["truncated_ratio"] == 1.0
+    assert lab["n"] == 4 and lab["truncated_ratio"] == 1.0 and summary["prompt"] == prompt
     local, remote = responses(tmp_path / "hf"), responses(tmp_path / "api")
     assert [local[i]["response"] for i in range(4)] == [remote[i]["response"] for i in range(4)]
+    tokenizer = load_tokenizer(str(tiny))
+    for i in range(4):
+        expected = count_tokens(tokenizer, remote[i]["response"]) if counted_here else 8
+        assert remote[i]["tokens"] == expected  # with --tokenizer: the response as returned
+
+
+class RecordingServer:
+    """An OpenAI-compatible server that records each request (path and body) and answers
+    every one with `text` and a usage count."""
+
+    def __init__(self, text: str, usage: int | None = 99):
+        self.requests: list[tuple[str, dict]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                server.requests.append((self.path, body))
+                chat = self.path.endswith("/chat/completions")
+                choice = {"index": 0, "finish_reason": "stop"}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": text}
+                else:
+                    choice["text"] = text
+                reply = {"choices": [choice]}
+                if usage is not None:
+                    reply["usage"] = {"completion_tokens": usage}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_raw_prompt_goes_to_completions_greedy_with_the_stops(tmp_path, data_dir):
+    """What goes over the wire for the study's prompt: its exact bytes to /v1/completions,
+    temperature 0, the toolkit's stops, the limit; a server that ignores `stop` is cut here."""
+    from tiny import byte_tokenizer
+
+    from l2smerge.eval.benchmarks import load_items
+    from l2smerge.eval.prompts import QWEN25_MATH_COT, TOOLKIT_STOP
+
+    tokenizer_dir = tmp_path / "tok"
+    byte_tokenizer().save_pretrained(tokenizer_dir)
+    server = RecordingServer("So \\boxed{18}.<|im_end|>ignored after the stop")
+    try:
+        summary = evaluate(
+            "served",
+            "gsm8k",
+            out_dir=tmp_path / "run",
+            backend="openai",
+            base_url=server.url,
+            tokenizer=tokenizer_dir,
+            data_dir=data_dir,
+            limit=2,
+            progress=False,
+        )
+    finally:
+        server.close()
+    items = load_items("gsm8k", data_dir, limit=2)
+    assert len(server.requests) == 2
+    for path, body in server.requests:
+        assert path == "/v1/completions"
+        question = next(it.question for it in items if it.question in body["prompt"])
+        assert body["prompt"] == QWEN25_MATH_COT.replace("{question}", question.strip())
+        assert body["temperature"] == 0 and body["max_tokens"] == 10240
+        assert body["stop"] == list(TOOLKIT_STOP) and body["model"] == "served"
+    lines = responses_by_key(tmp_path / "run")
+    for line in lines.values():
+        assert line["response"] == "So \\boxed{18}." and not line["truncated"]
+        assert line["tokens"] == len(b"So \\boxed{18}.")  # counted after the cut
+    assert summary["prompt"] == "qwen25-math-cot"
+
+
+def test_chat_prompt_goes_to_the_chat_endpoint_and_usage_counts(tmp_path, lab_data):
+    server = RecordingServer("\\boxed{2}", usage=7)
+    try:
+        summary = evaluate(
+            "served",
+            "lab",
+            out_dir=tmp_path / "run",
+            backend="openai",
+            base_url=server.url,
+            data_dir=lab_data,
+            progress=False,
+        )
+        wrong = dict(api="chat", prompt="qwen25-math-cot")
+        opts = dict(backend="openai", base_url=server.url, data_dir=lab_data, progress=False)
+        with pytest.raises(L2SError, match="--api chat cannot send a raw prompt"):
+            evaluate("served", "lab", out_dir=tmp_path / "run2", **wrong, **opts)
+        sent = len(server.requests)
+        # nothing was asked and nothing blocks the corrected rerun into the same directory
+        evaluate("served", "lab", out_dir=tmp_path / "run2", prompt="qwen25-math-cot", **opts)
+    finally:
+        server.close()
+    assert {path for path, _ in server.requests[:sent]} == {"/v1/chat/completions"}
+    assert {path for path, _ in server.requests[sent:]} == {"/v1/completions"}
+    body = server.requests[0][1]
+    assert body["messages"][0]["role"] == "system" and body["temperature"] == 0
+    assert summary["prompt"] == "chat" and summary["benchmarks"]["lab"]["mean_tokens"] == 7
+
+
+def test_a_reply_without_usage_and_no_tokenizer_is_named(tmp_path, lab_data):
+    server = RecordingServer("\\boxed{2}", usage=None)
+    try:
+        with pytest.raises(L2SError, match=r"lab id \d without a token count.*--tokenizer"):
+            evaluate(
+                "served",
+                "lab",
+                out_dir=tmp_path / "run",
+                backend="openai",
+                base_url=server.url,
+                data_dir=lab_data,
+                progress=False,
+            )
+    finally:
+        server.close()
+
+
+def responses_by_key(run: Path) -> dict[tuple[str, int], dict]:
+    lines = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    return {(x["bench"], x["id"]): x for x in lines}
 
 
 class FaultyServer:
@@ -290,3 +432,36 @@ def test_missing_base_url(lab_data, tmp_path, monkeypatch):
         evaluate(
             "m", "lab", out_dir=tmp_path / "o", backend="openai", data_dir=lab_data, progress=False
         )
+
+
+def test_a_server_echoing_the_key_in_an_error_is_redacted(lab_data, tmp_path, monkeypatch):
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            body = f"bad request; headers were: {dict(self.headers)}".encode()
+            self.send_response(400)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    try:
+        with pytest.raises(L2SError, match="answered HTTP 400") as caught:
+            evaluate(
+                "served",
+                "lab",
+                out_dir=tmp_path / "run",
+                backend="openai",
+                base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                data_dir=lab_data,
+                progress=False,
+            )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert SECRET not in str(caught.value) and "Bearer ***" in str(caught.value)

@@ -125,7 +125,7 @@ def test_rerun_resumes_without_duplicates(tmp_path, data_dir):
 def test_rerun_into_a_different_run_is_refused(tmp_path, data_dir):
     replay = replay_file(tmp_path / "r.jsonl", data_dir, n=2)
     run_replay(tmp_path, data_dir, replay)
-    with pytest.raises(L2SError, match="holds a run with model='label'"):
+    with pytest.raises(L2SError, match="another model.*'label' replayed from .* there, 'other'"):
         evaluate(
             "other",
             None,
@@ -139,8 +139,9 @@ def test_rerun_into_a_different_run_is_refused(tmp_path, data_dir):
 
 def test_malformed_results_line_is_named(tmp_path):
     run = RunDir(tmp_path)
-    (tmp_path / "results.jsonl").write_text('{"bench": "gsm8k", "id": 0}\nnot json\n{"x": 1}\n')
-    with pytest.raises(L2SError, match=r"results.jsonl:2: malformed"):
+    line = '{"bench": "gsm8k", "id": 0, "correct": true, "tokens": 3}'
+    (tmp_path / "results.jsonl").write_text(f'{line}\nnot json\n{{"x": 1}}\n')
+    with pytest.raises(L2SError, match=r"results.jsonl:2: not valid JSON"):
         run.load_results()
 
 
@@ -287,7 +288,7 @@ def test_all_means_the_seven_benchmarks():
 
 
 def test_prompts(tmp_path):
-    from l2smerge.eval.prompts import PromptBuilder
+    from l2smerge.eval.prompts import TOOLKIT_STOP, PromptBuilder
 
     raw = PromptBuilder("auto")("What is $\\frac{1}{2}$?")
     assert raw.text == (
@@ -295,17 +296,21 @@ def test_prompts(tmp_path):
         "\\boxed{}.<|im_end|>\n<|im_start|>user\nWhat is $\\frac{1}{2}$?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    assert raw.messages[0]["role"] == "system" and raw.stop == ()
+    assert raw.messages is None and raw.raw and raw.stop == TOOLKIT_STOP
+    assert PromptBuilder("cot").name == "qwen25-math-cot"  # the old name
     few = PromptBuilder("fewshot")("What is 3+4?")
-    assert few.text.endswith("\n\nQuestion: What is 3+4?\nAnswer:")
-    assert few.text.count("\\boxed{") == 4 and few.messages is None
-    assert "\nQuestion:" in few.stop
+    assert few.text.endswith("\n\n\nQuestion: What is 3+4?\nAnswer:")
+    assert few.text.startswith("Question: ") and few.text.count("\\boxed{") == 4
+    assert few.messages is None and few.stop == (*TOOLKIT_STOP, "\n\nQuestion:")
+    chat = PromptBuilder("chat")("What is 3+4?")  # no tokenizer: for a chat endpoint only
+    assert chat.text is None and chat.messages[1] == {"role": "user", "content": "What is 3+4?"}
     template = tmp_path / "t.txt"
     template.write_text("Solve {question} and box it: \\boxed{{}}\n")
     custom = PromptBuilder(str(template))("$x^{2}=4$")
     assert custom.text == "Solve $x^{2}=4$ and box it: \\boxed{{}}\n"
+    assert PromptBuilder(str(template)).name == f"file:{template}"
     template.write_text("no placeholder")
     with pytest.raises(L2SError, match="has no {question} placeholder"):
         PromptBuilder(str(template))
-    with pytest.raises(L2SError, match="is neither one of auto, cot, fewshot nor a file"):
+    with pytest.raises(L2SError, match="is neither one of auto, qwen25-math-cot, chat, fewshot"):
         PromptBuilder("cott")

@@ -26,6 +26,10 @@ def test_vllm_not_imported_unless_chosen():
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed")
 def test_missing_vllm_is_a_clear_error(tmp_path, data_dir):
+    """At once (no model or tokenizer is looked up first), with the install hint whole."""
+    cmd = [sys.executable, "-m", "l2smerge", "eval", "m", "--backend", "vllm", "--bench", "aime24"]
+    done = subprocess.run([*cmd, "-o", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert done.returncode == 2 and "pip install 'l2smerge[vllm]'" in done.stderr
     with pytest.raises(
         L2SError, match=r"--backend vllm needs vLLM .*pip install 'l2smerge\[vllm\]'"
     ):
@@ -48,7 +52,7 @@ def test_vllm_matches_hf_backend(tmp_path, data_dir):
     from tiny import make_tiny_model
 
     # head size 64: vLLM attention kernels do not take the default tiny head size of 8
-    model = make_tiny_model(tmp_path / "tiny", seed=3, hidden=256)
+    model = make_tiny_model(tmp_path / "tiny", seed=3, hidden=256, context=4096)
     common = dict(data_dir=data_dir, limit=4, max_tokens=8, progress=False)
     hf = evaluate(model, "gsm8k", out_dir=tmp_path / "hf", device="cuda", dtype="float32", **common)
     vl = evaluate(

@@ -22,7 +22,7 @@ class Interrupted(Exception):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pair")
-    base = make_tiny_model(root / "system1", seed=0, hidden=16, layers=1)
+    base = make_tiny_model(root / "system1", seed=0, hidden=16, layers=1, context=4096)
     system2 = make_tiny_model(root / "system2", base=base, seed=1, noise=0.05)
     return {"system1": base, "system2": system2}
 
@@ -109,7 +109,8 @@ def test_sweep_end_to_end_resumes_without_redoing_points(pair, data_dir, tmp_pat
     assert (out / "reference" / "system2" / "results.jsonl").exists()
     assert (out / "report" / "report.html").exists()
     system1 = json.loads((out / "baselines" / "system1" / "run.json").read_text())
-    assert system1["prompt"] == "fewshot" and system1["max_tokens"] == 4
+    assert system1["identity"]["prompt"] == "fewshot"
+    assert system1["identity"]["max_tokens"] == 4
     report = json.loads((out / "report" / "report.json").read_text())
     assert [r["label"] for r in report["runs"]][:2] == ["system1", "system2"]
     assert report["reference"] == "system2"

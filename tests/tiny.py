@@ -46,6 +46,7 @@ def tiny_config(
     hidden: int = 32,
     layers: int = 2,
     tie: bool = False,
+    context: int = 512,
 ):
     common = dict(
         vocab_size=vocab_size,
@@ -54,7 +55,7 @@ def tiny_config(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         tie_word_embeddings=tie,
         bos_token_id=None,
         eos_token_id=258,  # <|im_end|> in byte_tokenizer()
@@ -81,9 +82,11 @@ def make_tiny_model(
     noise: float = 0.02,
     max_shard_size: str | None = None,
     tokenizer: bool = True,
+    context: int = 512,
 ) -> Path:
     """Save a random tiny model to `path`. With `base`, start from that model's weights and add
-    Gaussian noise of std `noise` (a stand-in for a fine-tuned child of the base)."""
+    Gaussian noise of std `noise` (a stand-in for a fine-tuned child of the base). `context`:
+    max_position_embeddings (the byte tokenizer makes benchmark prompts ~500-1500 tokens)."""
     path = Path(path)
     torch.manual_seed(seed)
     if base is not None:
@@ -92,7 +95,7 @@ def make_tiny_model(
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * noise)
     else:
-        config = tiny_config(arch, vocab_size, hidden, layers, tie)
+        config = tiny_config(arch, vocab_size, hidden, layers, tie, context)
         model = AutoModelForCausalLM.from_config(config)
     model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}

@@ -32,6 +32,7 @@ from l2smerge.choose.stats import (
     sign_flip_p_value,
     stratified_bootstrap,
 )
+from l2smerge.eval.identity import protocol_differences, protocol_warning
 from l2smerge.eval.metrics import (
     group_figures,
     level_key,
@@ -470,6 +471,7 @@ def write_compare(
     if a.label == b.label:
         a.label, b.label = f"A:{a.label}", f"B:{b.label}"
     result = compare_runs(a, b, resamples=resamples, seed=seed)
+    result["protocol_differences"] = protocol_differences(a, b)  # printed loudly by the CLI
     a_wins, b_wins = discordant_items(a, b, data_dir=Path(data_dir) if data_dir else None)
     result["a_right_b_wrong"] = [{"bench": x["bench"], "id": x["id"]} for x in a_wins]
     result["b_right_a_wrong"] = [{"bench": x["bench"], "id": x["id"]} for x in b_wins]
@@ -477,8 +479,9 @@ def write_compare(
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "a_right_b_wrong.jsonl", a_wins)
     write_jsonl_atomic(out / "b_right_a_wrong.jsonl", b_wins)
+    markdown = render_markdown(result, a_wins, b_wins, max_examples=max_examples)
     write_text_atomic(
-        out / "compare.md", render_markdown(result, a_wins, b_wins, max_examples=max_examples)
+        out / "compare.md", protocol_warning(result["protocol_differences"]) + markdown
     )
     write_json_atomic(out / "compare.json", result)
     return result

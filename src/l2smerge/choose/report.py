@@ -25,6 +25,7 @@ from typing import Any
 from l2smerge.choose.compare import macro_mean_tokens, shared_items, tokens_ratio
 from l2smerge.choose.coverage_report import coverage_table, run_coverage
 from l2smerge.choose.pareto import pareto_front
+from l2smerge.eval.identity import protocol_differences, protocol_warning
 from l2smerge.eval.metrics import figures_by_bench, level_key, macro_average, ordered_benches
 from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -582,6 +583,7 @@ def write_report(
     tok = [s.average["mean_tokens"] for s in timed]
     front = [timed[i].label for i in pareto_front(acc, tok)]
 
+    differences = protocol_differences(*runs)  # said loudly: numbers that mix protocols
     front_text = ", ".join(front) if front else "not available (no token counts)"
     covered = [s for s in stats if s.coverage and None not in _coverage_average(s).values()]
     coverage_front = [
@@ -611,11 +613,13 @@ def write_report(
             "length and cost show as –.",
             "",
         ]
-    md = [f"# {title}", "", *([notes, ""] if notes else []), *intro]
+    warning = [protocol_warning(differences)] if differences else []
+    md = [f"# {title}", "", *warning, *([notes, ""] if notes else []), *intro]
     html_parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        _markdown_html(warning[0]) if warning else "",
         _markdown_html(notes) if notes else "",
         _markdown_html("\n".join(intro)),
     ]
@@ -637,6 +641,7 @@ def write_report(
         "price_per_mtok": price_per_mtok,
         "pareto_front": front,
         "coverage_pareto_front": coverage_front,
+        "protocol_differences": differences,
         "runs": [
             {
                 "label": s.label,

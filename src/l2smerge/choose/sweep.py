@@ -46,6 +46,7 @@ from l2smerge.choose.sweep_spec import (
     merge_config,
     parse_sweep,
 )
+from l2smerge.eval.identity import check_same_protocol
 from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic
 from l2smerge.util.errors import L2SError
@@ -266,6 +267,8 @@ class Sweep:
     # -- points -------------------------------------------------------------------------
     def _record(self, point: Point, outcome: dict[str, Any]) -> dict[str, Any]:
         run = load_run(outcome["run_dir"], point.label)
+        if self.reference_run is not None:  # no selection across prompts, stops or limits
+            check_same_protocol([self.reference_run, run], "select against the reference")
         stats = summarise(run)
         if stats.average["mean_tokens"] is None:
             raise L2SError(

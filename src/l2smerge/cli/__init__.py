@@ -10,6 +10,7 @@ import warnings
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from l2smerge.util.errors import L2SError, L2SWarning
 
@@ -82,7 +83,11 @@ def main() -> None:
     try:
         app()
     except L2SError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message is text ("pip install 'l2smerge[vllm]'"), never rich markup
+        message = escape(str(exc))
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True
+        )
         sys.exit(L2SError.exit_code)
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]")

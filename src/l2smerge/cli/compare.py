@@ -27,10 +27,10 @@ def compare_command(
 ) -> None:
     """Compare two runs item by item: accuracy delta (Tango's paired 95% CI, McNemar), length
     ratio, reflective ratio, per level, and the items one got right and the other wrong."""
-    from rich.console import Console
     from rich.table import Table
 
     from l2smerge.choose.compare import write_compare
+    from l2smerge.eval.table import print_protocol_warning, table_console
 
     result = write_compare(
         run_a,
@@ -61,6 +61,7 @@ def compare_command(
             f"{s['p_value']:.3g}",
             ratio,
         )
-    console = Console()
+    console = table_console()
+    print_protocol_warning(result["protocol_differences"])
     console.print(table)
     console.print(f"wrote {Path(out) / 'compare.json'} and {Path(out) / 'compare.md'}")

@@ -44,13 +44,19 @@ def eval_command(
         help="Tokenizer to count tokens (and render prompts) with [default: the model's].",
     ),
     max_tokens: int = typer.Option(
-        None, "--max-tokens", help="New-token limit [default: 10240; 8192 with --prompt fewshot]."
+        None,
+        "--max-tokens",
+        help="New-token limit, capped at the model's context [default: 10240, the study's for "
+        "System 2 and merges; 8192 with --prompt fewshot, its limit for System 1].",
     ),
     limit: int = typer.Option(None, "--limit", help="Only the first N items of each bench."),
     prompt: str = typer.Option(
         "auto",
         "--prompt",
-        help="auto | cot | fewshot | FILE (a plain-text template with {question}).",
+        help="qwen25-math-cot (the study's raw prompt, the same bytes for every model) | chat "
+        "(the tokenizer's chat template) | fewshot (System 1) | FILE (plain text with "
+        "{question}) | auto: each benchmark's default (qwen25-math-cot; chat for lab). "
+        "cot = qwen25-math-cot.",
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", help="hf: prompts per batch [default: 8 on CPU, 32 on GPU]."
@@ -69,7 +75,12 @@ def eval_command(
         "--base-url",
         help="openai: e.g. http://127.0.0.1:8000/v1 [default: $OPENAI_BASE_URL].",
     ),
-    api: str = typer.Option("chat", "--api", help="openai: chat | completions."),
+    api: str = typer.Option(
+        "auto",
+        "--api",
+        help="openai: auto (raw prompts to /v1/completions, chat to /v1/chat/completions) | "
+        "chat | completions.",
+    ),
     api_key_env: str = typer.Option(
         "OPENAI_API_KEY",
         "--api-key-env",
@@ -117,14 +128,21 @@ def eval_command(
         "--judge-cache",
         help="llm judge: verdict cache folder [default: $L2SMERGE_CACHE_DIR/judge].",
     ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="hf/vllm: accept *.bin checkpoints (pickle)."
+    ),
+    log_prompts: bool = typer.Option(
+        False, "--log-prompts", help="Also write each item's rendered prompt to prompts.jsonl."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress, notes or table: only errors and the paths."
+    ),
 ) -> None:
     """Evaluate MODEL on reasoning benchmarks (accuracy, response length, reflection) and on
     free-form tasks (key-point coverage)."""
-    from rich.console import Console
-
     from l2smerge.eval import evaluate
-    from l2smerge.eval.table import summary_table
+    from l2smerge.eval.table import summary_table, table_console
 
     backend_opts: dict[str, object] = {}
     if backend in ("hf", "vllm") and dtype:
@@ -166,16 +184,25 @@ def eval_command(
         responses=responses,
         tokenizer=tokenizer,
         device=device,
-        progress=progress,
+        progress=progress and not quiet,
+        quiet=quiet,
+        allow_pickle=allow_pickle,
+        log_prompts=log_prompts,
         tasks=task or None,
         judge=judge,
         judge_options=judge_options,
         **backend_opts,
     )
-    console = Console()
-    console.print(summary_table(summary))
-    if "coverage_average" in summary:
-        from l2smerge.eval.freeform import coverage_table
+    console = table_console()
+    if not quiet:
+        console.print(summary["model"], markup=False, highlight=False)
+        console.print(summary_table(summary))
+        if "coverage_average" in summary:
+            from l2smerge.eval.freeform import coverage_table
 
-        console.print(coverage_table(summary))
-    console.print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}")
+            console.print(coverage_table(summary))
+    console.print(
+        f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}",
+        markup=False,
+        highlight=False,
+    )

@@ -29,9 +29,8 @@ def report_command(
 ) -> None:
     """Study-style table (accuracy ± 95% CI, tokens, length change, reflective ratio, per
     level), plots and cost, as report.md and a self-contained report.html."""
-    from rich.console import Console
-
     from l2smerge.choose.report import write_report
+    from l2smerge.eval.table import print_protocol_warning, table_console
 
     summary = write_report(
         run_dirs,
@@ -41,7 +40,8 @@ def report_command(
         price_per_mtok=price_per_mtok,
         title=title,
     )
-    console = Console()
+    console = table_console()
+    print_protocol_warning(summary["protocol_differences"])
     for run in summary["runs"]:
         change, tokens = run["length_change"], run["average"]["mean_tokens"]
         console.print(

@@ -46,6 +46,8 @@ class Benchmark:
     integer_answers: bool = False
     # OlympiadBench: the unit a response may append to its answer.
     unit_field: str | None = None
+    # The prompt `--prompt auto` gives it (eval/prompts.py).
+    default_prompt: str = "qwen25-math-cot"
 
 
 def _strip_dollars(text: str) -> str:
@@ -100,8 +102,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("college_math", "question", _plain_gold, meta_fields=("data_topic",)),
         Benchmark("aime24", "problem", _number_gold, integer_answers=True),
         Benchmark("amc23", "question", _number_gold, integer_answers=True),
-        # The bundled toy task of `l2smerge lab` (see docs/lab.md).
-        Benchmark("lab", "question", _plain_gold, level_field="level"),
+        # The bundled toy task of `l2smerge lab` (see docs/lab.md); its models were trained on
+        # their chat template.
+        Benchmark("lab", "question", _plain_gold, level_field="level", default_prompt="chat"),
     )
 }
 

@@ -1,10 +1,15 @@
-"""A rich progress bar that shows items/s and generated tokens/s."""
+"""A rich progress bar that shows items/s and generated tokens/s, and transformers kept quiet
+while it runs (its warnings and tqdm bars would tear the bar and ignore --no-progress)."""
 
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from rich.console import Console
 from rich.errors import LiveError
 from rich.progress import (
     BarColumn,
@@ -32,6 +37,7 @@ class EvalProgress:
             TimeRemainingColumn(),
             disable=not enabled,
             transient=False,
+            console=Console(stderr=True),  # stdout stays for results a pipe may read
         )
         self._task = self._progress.add_task(description, total=total, rates="")
 
@@ -39,7 +45,7 @@ class EvalProgress:
         self.started = time.perf_counter()
         try:
             self._progress.start()
-        except LiveError:  # a caller's own live display (a sweep's) is already on screen
+        except LiveError:  # a caller's own live display is already on this console
             self._progress.disable = True
         return self
 
@@ -52,3 +58,25 @@ class EvalProgress:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rates = f"{self.items / elapsed:.2f} items/s  {self.tokens / elapsed:.0f} tok/s"
         self._progress.update(self._task, advance=1, rates=rates)
+
+
+@contextmanager
+def quiet_transformers(*, show_bars: bool = False) -> Iterator[None]:
+    """transformers (and huggingface_hub) at error level and, unless `show_bars`, without their
+    tqdm bars ("Loading weights"), through their own controls; restored on exit. What matters
+    to a user (missing weights, a capped limit) is said by l2smerge itself."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not show_bars:
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"transformers(\.|$)")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

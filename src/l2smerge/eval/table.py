@@ -1,10 +1,25 @@
-"""The summary as a rich table: one row per benchmark, then the macro average."""
+"""The summary as a rich table: one row per benchmark, then the macro average (the model is
+printed above it); and the console tables are printed on."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+# Width for output that is not a terminal (a file, a pipe): rich would assume 80 columns and
+# cut cells ("ac…"); a table only takes the width it needs.
+UNBOUNDED_WIDTH = 10_000
+
+
+def table_console(*, stderr: bool = False) -> Console:
+    """A console that prints tables whole: the terminal's width, or unbounded into files."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=UNBOUNDED_WIDTH)
+    return console
 
 
 def _pct(x: float | None) -> str:
@@ -15,8 +30,22 @@ def _num(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def print_protocol_warning(differences: list[str]) -> None:
+    """Runs evaluated under different protocols, said loudly on stderr (eval/identity.py)."""
+    if not differences:
+        return
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(
+        "[bold yellow]warning: these runs were evaluated differently; their differences mix "
+        "the models' effect with the protocol's:[/]",
+        highlight=False,
+    )
+    for line in differences:
+        console.print(f"[yellow]  - {escape(line)}[/]", highlight=False)
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['model']}", title_justify="left")
+    table = Table()  # no title: rich would cut a long model name to the table's width
     table.add_column("bench", no_wrap=True)
     for name in ("n", "acc%", "95% CI", "tokens", "median", "trunc%", "reflect%", "refl/resp"):
         table.add_column(name, justify="right", no_wrap=True)

@@ -10,7 +10,20 @@ from l2smerge.util.errors import L2SError
 
 BACKENDS = ("hf", "vllm", "openai", "replay")
 
-__all__ = ["BACKENDS", "Backend", "Generation", "Request", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "Generation", "Request", "check_available", "make_backend"]
+
+VLLM_HINT = "install it with pip install 'l2smerge[vllm]' on a machine with a supported GPU"
+
+
+def check_available(name: str) -> None:
+    """Fail at once, before any model or tokenizer loads, when a backend's library is missing."""
+    if name not in BACKENDS:
+        raise L2SError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise L2SError(f"--backend vllm needs vLLM (not installed); {VLLM_HINT}")
 
 
 def make_backend(name: str, model: str, **options: Any) -> Backend:

@@ -10,9 +10,11 @@ from typing import Any
 from l2smerge.eval.backends.base import (
     Generation,
     Request,
-    cut_at_stop,
     encode_prompt,
+    eos_ids_of,
+    finish,
     load_tokenizer,
+    stop_token_ids,
 )
 from l2smerge.util.errors import L2SError
 
@@ -25,7 +27,7 @@ class HFBackend:
         self,
         model: str,
         *,
-        tokenizer: str | None = None,
+        tokenizer: Any | None = None,
         device: str | None = None,
         dtype: str | None = None,
         batch_size: int | None = None,
@@ -35,7 +37,9 @@ class HFBackend:
         from transformers import AutoModelForCausalLM
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(tokenizer or model)
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer or model)
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:  # Llama-style tokenizers have none; pad with eos
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -46,29 +50,27 @@ class HFBackend:
         if torch_dtype is None:
             raise L2SError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+            self.model, info = AutoModelForCausalLM.from_pretrained(
+                model, dtype=torch_dtype, output_loading_info=True
+            )
         except Exception as exc:  # OSError, ValueError, ... for a bad path or config
             raise L2SError(f"cannot load model {model!r}: {exc}".splitlines()[0]) from None
-        self.model.to(self.device).eval()
+        self.missing_weights: list[str] = sorted(info.get("missing_keys") or ())
+        try:
+            self.model.to(self.device).eval()
+        except (RuntimeError, AssertionError) as exc:  # no such device, CUDA not compiled in
+            raise L2SError(f"--device {self.device}: {exc}".splitlines()[0]) from None
         self.batch_size = batch_size or (
             GPU_BATCH_SIZE if self.device.startswith("cuda") else CPU_BATCH_SIZE
         )
-        self.eos_ids = self._eos_ids()
+        self.stop_ids = stop_token_ids(
+            self.tokenizer, eos_ids_of(self.model.generation_config.eos_token_id)
+        )
         pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.eos_ids)
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        configured = self.model.generation_config.eos_token_id
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        if not ids:
-            raise L2SError("the model and tokenizer define no end-of-sequence token")
-        return ids
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.context_length: int | None = getattr(
+            self.model.config, "max_position_embeddings", None
+        )
 
     def generate(
         self, requests: Sequence[Request], max_tokens: int
@@ -79,16 +81,17 @@ class HFBackend:
         encoded = [encode_prompt(self.tokenizer, r.prompt) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
         stops = sorted({s for r in requests for s in r.prompt.stop})
-        config = GenerationConfig(
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            eos_token_id=sorted(self.eos_ids),
-            pad_token_id=self.pad_id,
-            stop_strings=stops or None,
-        )
         extra = {"tokenizer": self.tokenizer} if stops else {}
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
+            limit = self._limit(max_tokens, len(encoded[batch[0]]), requests[batch[0]])
+            config = GenerationConfig(
+                max_new_tokens=limit,
+                do_sample=False,
+                eos_token_id=list(self.stop_ids),
+                pad_token_id=self.pad_id,
+                stop_strings=stops or None,
+            )
             padded = self.tokenizer.pad(
                 {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
             ).to(self.device)
@@ -103,19 +106,22 @@ class HFBackend:
                 ) from None
             new_tokens = out[:, padded["input_ids"].shape[1] :].tolist()
             for i, ids in zip(batch, new_tokens, strict=True):
-                yield i, self._finish(ids, requests[i].prompt.stop, max_tokens)
+                stop = requests[i].prompt.stop
+                yield i, finish(self.tokenizer, ids, stop_ids=self.stop_ids, stop=stop, limit=limit)
 
-    def _finish(self, ids: list[int], stop: Sequence[str], max_tokens: int) -> Generation:
-        end = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
-        if end is not None:
-            ids, truncated = ids[:end], False
-        else:
-            while ids and ids[-1] == self.pad_id:  # finished early on a stop string
-                ids = ids[:-1]
-            truncated = len(ids) >= max_tokens
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, stop)
-        return Generation(text, len(ids), truncated and not stopped)
+    def _limit(self, max_tokens: int, prompt_tokens: int, request: Request) -> int:
+        """New tokens for a batch whose longest prompt has `prompt_tokens`: `max_tokens`, or
+        what the model's context leaves (vLLM stops there too)."""
+        if self.context_length is None:
+            return max_tokens
+        room = self.context_length - prompt_tokens
+        if room < 1:
+            bench, item = request.key
+            raise L2SError(
+                f"{bench} id {item}: the prompt has {prompt_tokens} tokens, the model's context "
+                f"only {self.context_length}"
+            )
+        return min(max_tokens, room)
 
     def close(self) -> None:
         self.model = None

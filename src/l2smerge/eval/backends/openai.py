@@ -1,11 +1,19 @@
 """Any OpenAI-compatible endpoint (vLLM serve, SGLang, llama.cpp, `transformers serve`, ...):
-chat or completions API, bounded concurrency, retries with exponential backoff on 429, 5xx
-and network errors, a per-request timeout. The API key comes from an environment variable and
-is only ever put in the Authorization header: never printed, logged or written."""
+bounded concurrency, retries with exponential backoff on 429, 5xx and network errors, a
+per-request timeout. The API key comes from an environment variable and is only ever put in
+the Authorization header: never printed, logged or written (a reply echoing it is redacted).
+
+A raw prompt (`qwen25-math-cot`, `fewshot`, a file) goes to /v1/completions as its exact text
+(a chat endpoint would wrap it in the server's template); `chat` goes to /v1/chat/completions
+as messages, rendered by the server. Greedy (temperature 0) with the prompt's stop strings;
+the reply is cut at them here too, for servers that ignore `stop`. Tokens: the response
+counted with `--tokenizer` when given (what is left after the cut), else the server's
+`usage.completion_tokens`."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -13,12 +21,20 @@ from typing import Any
 
 import httpx
 
-from l2smerge.eval.backends.base import Generation, Request, count_tokens, load_tokenizer
+from l2smerge.eval.backends.base import (
+    Generation,
+    Request,
+    count_tokens,
+    cut_at_stop,
+    load_tokenizer,
+)
 from l2smerge.util.errors import L2SError
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER_S = 60.0
+API_CHOICES = ("auto", "chat", "completions")
+_BEARER = re.compile(r"(?i)bearer\s+[^\s\"',]+")
 
 
 class ServerError(Exception):
@@ -31,13 +47,13 @@ class OpenAIBackend:
         model: str,
         *,
         base_url: str | None = None,
-        api: str = "chat",
+        api: str = "auto",
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 8,
         timeout: float = 600.0,
         retries: int = 5,
         backoff: float = 1.0,
-        tokenizer: str | None = None,
+        tokenizer: Any | None = None,
         **_ignored: Any,
     ):
         base_url = base_url or os.environ.get(BASE_URL_ENV)
@@ -46,8 +62,10 @@ class OpenAIBackend:
                 f"--backend openai needs --base-url (or ${BASE_URL_ENV}), "
                 "e.g. http://127.0.0.1:8000/v1"
             )
-        if api not in ("chat", "completions"):
-            raise L2SError(f"--api must be chat or completions, got {api!r}")
+        if api not in API_CHOICES:
+            raise L2SError(f"--api must be one of {', '.join(API_CHOICES)}, got {api!r}")
+        if not base_url.startswith(("http://", "https://")):
+            raise L2SError(f"--base-url {base_url!r}: expected http://HOST:PORT/v1")
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise L2SError("--concurrency and --timeout must be positive, --retries >= 0")
         self.model = model
@@ -56,37 +74,60 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.retries = retries
         self.backoff = backoff
-        key = os.environ.get(api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._key = os.environ.get(api_key_env) or None
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout)
-        # For rendering completions prompts and for counting tokens when the server reports
-        # no usage; the server's own count (usage.completion_tokens) is preferred.
-        self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
+        # Renders `chat` prompts for the completions endpoint and counts tokens.
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.stop_ids: tuple[int, ...] = ()  # the server stops at the model's EOS
+        self.context_length: int | None = None
 
-    @property
-    def endpoint(self) -> str:
-        return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
+    def api_for(self, raw: bool) -> str:
+        """The endpoint a prompt goes to: completions for raw text, chat for messages."""
+        if self.api == "auto":
+            return "completions" if raw else "chat"
+        if self.api == "chat" and raw:
+            raise L2SError(
+                "--api chat cannot send a raw prompt (the server would wrap it in its chat "
+                "template); use --api completions, or --prompt chat"
+            )
+        if self.api == "completions" and not raw and self.tokenizer is None:
+            raise L2SError(
+                "--api completions with --prompt chat renders the chat template here: "
+                "give --tokenizer (or use --api chat)"
+            )
+        return self.api
 
-    def _body(self, request: Request, max_tokens: int) -> dict[str, Any]:
+    def endpoint(self, api: str) -> str:
+        return f"{self.base_url}/{'chat/completions' if api == 'chat' else 'completions'}"
+
+    def _body(self, request: Request, max_tokens: int, api: str) -> dict[str, Any]:
         prompt = request.prompt
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0}
         if prompt.stop:
             body["stop"] = list(prompt.stop)
-        if self.api == "completions":
+        if api == "completions":
             body["prompt"] = prompt.text
-        elif prompt.messages is not None:
-            body["messages"] = list(prompt.messages)
-        else:  # a raw prompt (few-shot, template file) sent to a chat endpoint
-            body["messages"] = [{"role": "user", "content": prompt.text}]
+        else:
+            body["messages"] = list(prompt.messages or ())
         return body
 
+    def _redact(self, text: str) -> str:
+        if self._key:
+            text = text.replace(self._key, "***")
+        return _BEARER.sub("Bearer ***", text)
+
     def _post(self, request: Request, max_tokens: int) -> dict[str, Any]:
-        body = self._body(request, max_tokens)
+        api = self.api_for(request.prompt.raw)
+        body = self._body(request, max_tokens, api)
+        endpoint = self.endpoint(api)
         what = f"{request.key[0]} id {request.key[1]}"
         for attempt in range(self.retries + 1):
             wait_s = self.backoff * 2**attempt
             try:
-                reply = self.client.post(self.endpoint, json=body)
+                reply = self.client.post(endpoint, json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 problem = f"{type(exc).__name__}"
             else:
@@ -96,45 +137,56 @@ class OpenAIBackend:
                     except ValueError:
                         problem = "a reply that is not JSON"
                 elif reply.status_code in RETRY_STATUS:
-                    problem = f"HTTP {reply.status_code}: {reply.text[:200]}"
+                    problem = f"HTTP {reply.status_code}: {self._redact(reply.text)[:200]}"
                     retry_after = reply.headers.get("retry-after", "")
                     if retry_after.replace(".", "", 1).isdigit():
                         wait_s = min(float(retry_after), MAX_RETRY_AFTER_S)
                 else:  # 400, 401, 404...: retrying will not help
                     raise ServerError(
-                        f"{self.endpoint} answered HTTP {reply.status_code} for {what}: "
-                        f"{reply.text[:300]}"
+                        f"{endpoint} answered HTTP {reply.status_code} for {what}: "
+                        f"{self._redact(reply.text)[:300]}"
                     )
             if attempt < self.retries:
                 time.sleep(wait_s)
-        raise ServerError(
-            f"{self.endpoint} failed for {what} after {self.retries} retries ({problem})"
-        )
+        raise ServerError(f"{endpoint} failed for {what} after {self.retries} retries ({problem})")
 
-    def _generation(self, reply: dict[str, Any]) -> Generation:
-        try:
-            choice = reply["choices"][0]
-            if self.api == "chat":
-                message = choice["message"]
-                text = message.get("content") or ""
-                # Servers with a reasoning parser split the thinking out; it is part of the
-                # response for length and reflection.
-                reasoning = message.get("reasoning_content") or message.get("reasoning")
-                if reasoning:
-                    text = f"{reasoning}\n{text}"
-            else:
-                text = choice["text"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise ServerError(f"{self.endpoint} sent a reply without choices") from None
-        usage = reply.get("usage") or {}
-        tokens = usage.get("completion_tokens")
-        if not isinstance(tokens, int):
-            tokens = count_tokens(self.tokenizer, text)
-        return Generation(text, tokens, choice.get("finish_reason") == "length")
+    def _generation(self, request: Request, reply: Any) -> Generation:
+        endpoint = self.endpoint(self.api_for(request.prompt.raw))
+        what = f"{endpoint} sent a reply for {request.key[0]} id {request.key[1]}"
+        choice = reply.get("choices") if isinstance(reply, dict) else None
+        choice = choice[0] if isinstance(choice, list) and choice else None
+        if not isinstance(choice, dict):
+            raise ServerError(f"{what} without choices")
+        if "message" in choice:
+            message = choice["message"]
+            if not isinstance(message, dict):
+                raise ServerError(f"{what} whose message is not an object")
+            text = _text(message.get("content"), what)
+            # Servers with a reasoning parser split the thinking out; it is part of the
+            # response for length and reflection.
+            reasoning = _text(message.get("reasoning_content") or message.get("reasoning"), what)
+            if reasoning:
+                text = f"{reasoning}\n{text}"
+        else:
+            text = _text(choice.get("text"), what)
+        text, stopped = cut_at_stop(text, request.prompt.stop)
+        tokens = count_tokens(self.tokenizer, text)
+        if tokens is None:
+            usage = reply.get("usage")
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+                raise ServerError(
+                    f"{what} without a token count (usage.completion_tokens); give "
+                    "--tokenizer to count tokens here"
+                )
+        truncated = choice.get("finish_reason") == "length" and not stopped
+        return Generation(text, tokens, truncated)
 
     def generate(
         self, requests: Sequence[Request], max_tokens: int
     ) -> Iterator[tuple[int, Generation]]:
+        if requests:  # a prompt the chosen --api cannot send fails before any request
+            self.api_for(requests[0].prompt.raw)
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="l2s-http")
         pending: dict[Future[dict[str, Any]], int] = {}
         queue = iter(range(len(requests)))
@@ -149,7 +201,7 @@ class OpenAIBackend:
                 for future in finished:
                     i = pending.pop(future)
                     try:
-                        generation = self._generation(future.result())
+                        generation = self._generation(requests[i], future.result())
                     except ServerError as exc:
                         raise L2SError(
                             f"{exc}; the results so far are kept, rerun to resume"
@@ -163,3 +215,14 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _text(value: Any, what: str) -> str:
+    """A reply's text field: a string, null, or a list of {"type": "text", "text"} parts."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return "".join(p.get("text") or "" for p in value if p.get("type", "text") == "text")
+    raise ServerError(f"{what} whose text is a {type(value).__name__}")

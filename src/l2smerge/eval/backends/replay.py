@@ -2,7 +2,8 @@
 `{"bench": ..., "id": <0-based line number>, "response": ...}`, or for a free-form task
 `{"task": ..., "id": <its id>, "response": ...}` (docs/tasks.md). Optional per line:
 `"truncated": bool` or `"finish_reason": "length"`, and `"tokens": int` (used when no
-tokenizer is given)."""
+tokenizer is given: then every replayed line needs it, or none may have it, so that a mean
+length never covers a subset)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class ReplayBackend:
         model: str,
         *,
         responses: str | Path | None = None,
-        tokenizer: str | None = None,
+        tokenizer: Any | None = None,
         **_ignored: Any,
     ):
         if responses is None:
@@ -29,7 +30,11 @@ class ReplayBackend:
         self.path = Path(responses)
         if not self.path.is_file():
             raise L2SError(f"replay file {self.path} not found")
-        self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.stop_ids: tuple[int, ...] = ()  # the responses are replayed as they are
+        self.context_length: int | None = None
         self.lines: dict[tuple[str, int], dict[str, Any]] = {}
         self.line_numbers: dict[tuple[str, int], int] = {}
         self.text_keys: dict[tuple[str, str], tuple[str, Any]] = {}
@@ -65,14 +70,28 @@ class ReplayBackend:
     def _row(self, key: tuple[str, Any]) -> dict[str, Any]:
         return self.lines.get(key) or self.lines[self.text_keys[(key[0], str(key[1]))]]
 
+    def check_token_counts(self, keys: Sequence[tuple[str, Any]]) -> None:
+        """Without a tokenizer, the lines of `keys` must all carry `tokens`, or none."""
+        if self.tokenizer is not None:
+            return
+        missing = [k for k in keys if not _is_count(self._row(k).get("tokens"))]
+        if missing and len(missing) < len(keys):
+            raise L2SError(
+                f"{self.path}: {len(missing)} of the {len(keys)} responses replayed have no "
+                f'"tokens" (first: line {self.line_numbers[missing[0]]}); a mean length would '
+                "cover only the rest. Give --tokenizer to count every response, or tokens on "
+                "every line"
+            )
+
     def generate(
         self, requests: Sequence[Request], max_tokens: int
     ) -> Iterator[tuple[int, Generation]]:
+        self.check_token_counts([r.key for r in requests])
         for index, request in enumerate(requests):
             row = self._row(request.key)
             response = row["response"]
             tokens = count_tokens(self.tokenizer, response)
-            if tokens is None and isinstance(row.get("tokens"), int):
+            if tokens is None and _is_count(row.get("tokens")):
                 tokens = row["tokens"]
             if isinstance(row.get("truncated"), bool):
                 truncated = row["truncated"]
@@ -84,3 +103,7 @@ class ReplayBackend:
 
     def close(self) -> None:
         pass
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
