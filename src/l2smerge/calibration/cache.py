@@ -35,7 +35,8 @@ def model_fingerprint(path: str | Path) -> str:
     if not config.is_file():
         raise L2SError(f"{path}: not a model directory (no config.json)")
     digest.update(config.read_bytes())
-    weight_files = sorted(path.glob("*.safetensors"))
+    # pickle weights only where there are no safetensors (eval --allow-pickle)
+    weight_files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not weight_files:
         raise L2SError(f"{path}: no *.safetensors weights to fingerprint")
     for file in weight_files:

@@ -22,20 +22,11 @@ def parse_object(line: str, where: str) -> dict[str, Any]:
     return row
 
 
-def iter_jsonl(
-    path: Path, *, skip_cut_last_line: bool = False
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of `path`, read lazily. With
-    `skip_cut_last_line`, a last line that is not valid JSON is skipped: a writer killed
-    mid-line leaves one, and it will be written again."""
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of `path`, read lazily. (Run results,
+    whose last line a killed writer may have cut, are read by eval/runs.py.)"""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            # only a file's last line can lack its newline
-            if skip_cut_last_line and not line.endswith("\n"):
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError:
-                    return
             yield lineno, parse_object(line, f"{path}:{lineno}")
