@@ -38,14 +38,16 @@ def test_read_calibration_keeps_the_chosen_fields(tmp_path):
 def test_a_sample_is_rendered_as_the_eval_prompt_plus_the_answers():
     from tiny import byte_tokenizer
 
-    from l2smerge.eval.prompts import cot_messages, render_chat
+    from l2smerge.eval.prompts import PromptBuilder
 
     tokenizer = byte_tokenizer()
     sample = {"question": "What is 2+2?", "short_answer": "4", "long_answer": "2+2=4. So 4."}
     text = cal.render_sample(sample, tokenizer)
-    prompt = render_chat(cot_messages("What is 2+2?"), tokenizer)
+    prompt = PromptBuilder("qwen25-math-cot")("What is 2+2?").text  # what eval sends
     assert text == prompt + "4\n\n2+2=4. So 4."
     assert prompt.startswith("<|im_start|>system\nPlease reason step by step")
+    tokenizer.chat_template = "{{ messages[-1]['content'] }}"  # the template plays no part
+    assert cal.render_sample(sample, tokenizer) == text
     assert cal.render_sample({"long_answer": "Just this."}, tokenizer) == "Just this."
 
 

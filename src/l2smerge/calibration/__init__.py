@@ -3,7 +3,8 @@
 * Calibration file: JSONL, one object per line with string fields "question",
   "short_answer", "long_answer" (s1K-style). Each method reads the fields it does best with
   (AIM: question + short answer; Sens: question + both answers); a line becomes the question
-  as the CoT chat prompt followed by the chosen answers (`render_sample`).
+  in the study's eval prompt (`qwen25-math-cot`) followed by the chosen answers
+  (`render_sample`).
 * AIM: mean |input activation| per input channel of every nn.Linear of the base model,
   normalised by its max to an importance in [0, 1]. Collected streaming: one decoder layer's
   weights in memory at a time (see `activation_importance`).

@@ -13,7 +13,7 @@ import torch
 
 from l2smerge.util.errors import L2SError
 
-CACHE_VERSION = 2  # bump when a statistic's definition changes: old entries are then ignored
+CACHE_VERSION = 3  # bump when a statistic's definition changes: old entries are then ignored
 
 
 def file_sha256(path: str | Path) -> str:

@@ -64,17 +64,17 @@ def read_calibration(path: str | Path, fields: Sequence[str]) -> list[Sample]:
     return samples
 
 
-def render_sample(sample: Sample, tokenizer: Any) -> str:
-    """One calibration text as the model meets such text in use: the question as the study's
-    CoT chat prompt (exactly what `l2smerge eval` sends: system prompt, user turn, assistant
-    header; the raw Qwen form without a chat template), then the chosen answers, joined by a
+def render_sample(sample: Sample, tokenizer: Any = None) -> str:
+    """One calibration text as the model meets such text in use: the question in the study's
+    prompt (`qwen25-math-cot`, the raw ChatML string `l2smerge eval` sends every model, whatever
+    its chat template; `tokenizer` is not needed for it), then the chosen answers, joined by a
     blank line, as the assistant's reply. Without "question", just the answers."""
-    from l2smerge.eval.prompts import cot_messages, render_chat
+    from l2smerge.eval.prompts import STUDY_PROMPT, PromptBuilder
 
     answers = "\n\n".join(value for field, value in sample.items() if field != "question")
     if "question" not in sample:
         return answers
-    return render_chat(cot_messages(sample["question"]), tokenizer) + answers
+    return PromptBuilder(STUDY_PROMPT)(sample["question"]).text + answers
 
 
 def tokenize(model_path: Path, samples: Sequence[Sample], max_tokens: int) -> list[torch.Tensor]:
