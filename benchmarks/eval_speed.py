@@ -1,7 +1,7 @@
 """Speed of the `hf` eval backend against a plain batched `model.generate` loop.
 
-Same tiny random model (made here), same prompts (the study's CoT prompt on GSM8K questions,
-through the chat template), same batch size and token limit, greedy, in one run. Prints
+Same tiny random model (made here), same prompts (the study's `qwen25-math-cot` prompt on
+GSM8K questions), same batch size and token limit, greedy, in one run. Prints
 tokens/s for both and their ratio (target: the backend >= 80% of the plain loop), then
 `evaluate()` end to end (generation + grading + writing results) for reference.
 
@@ -63,10 +63,10 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(Path(tmp) / "model", hidden=256, layers=4, seed=0)
+        path = make_tiny_model(Path(tmp) / "model", hidden=256, layers=4, seed=0, context=4096)
         items = load_items("gsm8k", args.data_dir, limit=args.prompts)
         backend = HFBackend(str(path), device="cpu", batch_size=args.batch_size)
-        build = PromptBuilder("cot", backend.tokenizer)
+        build = PromptBuilder("qwen25-math-cot", backend.tokenizer)
         requests = [Request(it.key, build(it.question)) for it in items]
         texts = [r.prompt.text for r in requests]
         model, tokenizer = backend.model, backend.tokenizer
