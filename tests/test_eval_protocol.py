@@ -250,9 +250,9 @@ def test_a_relative_path_naming_another_model_is_refused(tiny, tmp_path, lab_dat
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert [s["items"] for s in info["sessions"]] == [1, 1]
     # another protocol is refused too, naming what differs
-    with pytest.raises(L2SError, match=r"max_tokens: 2 there, 5 now"):
+    with pytest.raises(L2SError, match=r"max_tokens: 2 \(there\); 5 \(now\)"):
         evaluate(str(tiny), "lab", **{**opts, "max_tokens": 5})
-    with pytest.raises(L2SError, match=r"prompt: chat there, qwen25-math-cot now"):
+    with pytest.raises(L2SError, match=r"prompt: chat \(there\); qwen25-math-cot \(now\)"):
         evaluate(str(tiny), "lab", prompt="cot", **opts)
 
 
@@ -272,7 +272,7 @@ def test_another_grader_version_is_refused_with_the_regrade_command(
     import l2smerge.eval.run as run_module
 
     monkeypatch.setattr(run_module, "GRADER_VERSION", "2")
-    with pytest.raises(L2SError, match=r"grader_version: 1 there, 2 now.*--backend replay"):
+    with pytest.raises(L2SError, match=r"grader_version: 1 \(there\); 2 \(now\).*--backend replay"):
         evaluate("m", "lab", **opts)
 
 

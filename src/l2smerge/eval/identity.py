@@ -107,30 +107,33 @@ def describe_model(identity: dict[str, Any]) -> str:
 
 def identity_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two run identities ({"model": ..., PROTOCOL_FIELDS...}), one
-    phrase each ("model: fingerprint sha256:ab… there, fingerprint sha256:cd… now")."""
+    phrase each ("model: fingerprint sha256:ab… there, fingerprint sha256:cd… now";
+    "max_tokens: 10240 (there); 4096 (now)"). A field one of them lacks counts here: a run is
+    resumed only by exactly its identity."""
     out = []
     if earlier.get("model") != now.get("model"):
         there, here = describe_model(earlier.get("model") or {}), describe_model(now["model"])
         out.append(f"model: {there} there, {here} now")
-    for key in PROTOCOL_FIELDS:
-        if earlier.get(key) != now.get(key):
-            out.append(
-                f"{key}: {_show(key, earlier.get(key))} there, {_show(key, now.get(key))} now"
-            )
-    return out
+    sides = [_Side("there", earlier), _Side("now", now)]
+    return out + protocol_differences(*sides, unknown_differs=True)
 
 
-def protocol_differences(*runs: Any) -> list[str]:
+class _Side:
+    def __init__(self, label: str, identity: dict[str, Any]):
+        self.label, self.protocol = label, protocol_of(identity)
+
+
+def protocol_differences(*runs: Any, unknown_differs: bool = False) -> list[str]:
     """One line per protocol field the runs recorded differently ("prompt: qwen25-math-cot
-    (ties, system2), chat (system1)"); [] when they agree. Each run has `.label` and
+    (ties, system2); chat (system1)"); [] when they agree. Each run has `.label` and
     `.protocol` (a dict of PROTOCOL_FIELDS, or None when its run.json records none); unknown
-    values are left out, never counted as a difference."""
+    values are left out, never counted as a difference, unless `unknown_differs`."""
     lines = []
     for key in PROTOCOL_FIELDS:
         groups: dict[str, list[str]] = {}
         for run in runs:
             value = (run.protocol or {}).get(key)
-            if value is not None:
+            if value is not None or unknown_differs:
                 groups.setdefault(_show(key, value), []).append(run.label)
         if len(groups) > 1:
             if key == "prompt_sha256":
