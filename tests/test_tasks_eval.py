@@ -66,7 +66,7 @@ def test_faq_replay_lexical_figures(tmp_path):
         "point": "print the label", "status": "covered", "evidence": "print the label"
     }  # fmt: skip
     run_info = json.loads((tmp_path / "v2" / "run.json").read_text())
-    assert run_info["judge"] == {"judge": "lexical"}
+    assert run_info["identity"]["judge"] == {"judge": "lexical"}
 
 
 def test_cli_eval_compare_names_every_dropped_point(tmp_path):
@@ -108,7 +108,7 @@ def test_resume_and_errors(tmp_path):
     again = replay("v1", tmp_path / "run")
     assert again["benchmarks"]["faq"] == first["benchmarks"]["faq"]
     assert len(lines(tmp_path / "run" / "results.jsonl")) == 8
-    with pytest.raises(L2SError, match="holds a run with judge="):
+    with pytest.raises(L2SError, match="another model or protocol \\(judge: "):
         replay("v1", tmp_path / "run", judge="llm", judge_options={"url": "http://x/v1",
                                                                    "model": "m"})  # fmt: skip
     with pytest.raises(L2SError, match="has responses for 'faq', which is neither a benchmark"):
