@@ -63,7 +63,7 @@ def test_reference_answers_grade_correct(bench, data_dir, tmp_path):
     )
     result = summary["benchmarks"][bench]
     assert result["n"] == len(items)
-    assert result["accuracy"] >= 0.99, result
+    assert result["accuracy"] >= 0.995, result
     if BENCHMARKS[bench].level_field:
         assert set(result["per_level"]) == {"1", "2", "3", "4", "5"}
 
@@ -93,4 +93,7 @@ def test_changed_answers_grade_wrong(bench, data_dir, tmp_path):
         progress=False,
     )
     assert summary["benchmarks"][bench]["n"] == len(sample)
-    assert summary["benchmarks"][bench]["accuracy"] == 0.0
+    # Shifting digits can leave the value unchanged (-1/11 becomes -2/22, \infty+1 is
+    # \infty), so over whole benchmarks a few changed answers are rightly graded right.
+    limit = 0.0 if CHANGED_SAMPLE else 0.01
+    assert summary["benchmarks"][bench]["accuracy"] <= limit

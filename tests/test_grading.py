@@ -1,10 +1,19 @@
-"""Answer extraction and equivalence on plain data: no model, no files."""
+"""Answer extraction, normalisation and grading on plain data; the bounds on hostile answers
+(length, nesting, time, silence); how an ungradable item appears in results.jsonl. The
+grading corpus (tests/data/grading_corpus.yaml) is graded by test_grading_corpus.py."""
+
+from __future__ import annotations
+
+import json
+import time
 
 import pytest
 
-from l2smerge.eval.benchmarks import Item
+from l2smerge.eval import evaluate, grading
+from l2smerge.eval.benchmarks import Item, load_items
 from l2smerge.eval.extraction import extract_answer, last_boxed
-from l2smerge.eval.grading import answers_equal, grade, normalize
+from l2smerge.eval.grading import GRADER_VERSION, Verdict, answers_equal, grade, judge
+from l2smerge.eval.normalize import canonical
 from l2smerge.eval.reflection import count_reflections
 
 
@@ -22,7 +31,17 @@ from l2smerge.eval.reflection import count_reflections
         ("#### 1,234", "1234"),
         ("so we get 3 apples and then 1,200 pears", "1200"),
         ("no numbers at all", None),
-        ("cut off inside \\boxed{\\frac{1}{", "1"),  # unbalanced box: last number
+        # A box cut off by the token limit: what follows it, as the toolkit reads it.
+        ("cut off inside \\boxed{\\frac{1}{", "\\frac{1}{"),
+        # Minerva's few-shot ending comes first, whatever X is.
+        ("Final Answer: The final answer is $E_1, E_2$. I hope it is correct.", "E_1, E_2"),
+        ("\\boxed{3} Final Answer: The final answer is m. I hope it is correct.", "m"),
+        # `\{` and `\}` are characters, not a group.
+        ("\\boxed{\\left\\{ x \\right. \\text{if } y}", "\\left\\{ x \\right. \\text{if } y"),
+        # Boxes side by side are one list; boxes in different sentences are not.
+        ("$x=\\boxed{2}$ or $x=\\boxed{3}$.", "2, 3"),
+        ("(a) \\boxed{2}. (b) \\boxed{3}", "3"),
+        ("\\boxed{5} \\boxed{5}", "5"),
     ],
 )
 def test_extract_answer(response, expected):
@@ -34,33 +53,60 @@ def test_last_boxed_none_without_box():
 
 
 @pytest.mark.parametrize(
+    "answer, form",
+    [
+        ("3 \\text{ bolts}", "3"),
+        ("864 \\mbox{ inches}^2", "864"),
+        ("10 \\mathrm{~km}/\\mathrm{h}", "10"),
+        ("166 \\mathrm{~cm}^2", "166"),
+        ("1.5 \\text{ eV}", "1.5"),
+        ("45 minutes", "45"),
+        ("\\text{Evelyn}", "\\text{Evelyn}"),  # words with nothing before them are the answer
+        ("\\mathrm{h}=\\mathrm{gi}", "h=gi"),  # roman letters after "=" are not a unit
+        ("2 n", "2n"),  # one letter is never a unit by itself
+        ("\\$32,\\!348", "32348"),
+        ("\\32,\\!348", "32348"),  # a reader stripped `$` from `\$`
+        ("1,450,000", "1450000"),
+        ("(3,331)", "(3,331)"),
+        ("5, 100", "5,100"),
+        ("\\begin{pmatrix} a \\\\ b \\end{pmatrix}", "\\begin{pmatrix}a\\\\b\\end{pmatrix}"),
+        (
+            "\\left[\\begin{array}{rr}1 & 2\\end{array}\\right]",
+            "[\\begin{pmatrix}1&2\\end{pmatrix}]",
+        ),
+        ("-1./3", "-1/3"),
+        ("4.4e7", "4.4\\times10^{7}"),
+        ("E_1", "E_{1}"),
+        ("\\dfrac12", "\\frac{1}{2}"),
+        ("\\sqrt[3]{x}", "\\sqrt[3]{x}"),
+        ("90^\\circ", "90"),
+        ("np.arcsin(10/13)", "\\arcsin(10/13)"),
+        ("\\text{Answer: } 42", "42"),
+    ],
+)
+def test_canonical_forms(answer, form):
+    assert canonical(answer) == form
+
+
+def test_multiple_answers_keep_their_commas():
+    assert canonical("100,200") == "100200"
+    assert canonical("100,200", multiple=True) == "100,200"
+
+
+@pytest.mark.parametrize(
     "pred, gold",
     [
-        ("0.5", "\\frac{1}{2}"),  # fractions
-        ("\\dfrac{1}{2}", "\\frac{1}{2}"),
-        ("1/2", "\\frac12"),
-        ("2\\sqrt{2}", "\\sqrt{8}"),  # radicals
-        ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}"),
-        ("[1,3)", "[1, 3)"),  # intervals
+        ("0.5", "\\frac{1}{2}"),
+        ("2\\sqrt{2}", "\\sqrt{8}"),
+        ("[1,3)", "[1, 3)"),
         ("(-\\infty, 2] \\cup (3, \\infty)", "(-\\infty,2]\\cup(3,\\infty)"),
-        ("90^\\circ", "90"),  # degrees
-        ("90", "90^{\\circ}"),
-        ("30°", "30"),
-        ("Evelyn", "\\text{Evelyn}"),  # text answers
-        ("\\text{(C)}", "(C)"),
-        ("C", "\\text{(C)}"),  # multiple choice letters
-        ("\\$18.00", "18"),
-        ("18 \\text{ dollars}", "18"),
+        ("Evelyn", "\\text{Evelyn}"),
+        ("C", "\\text{(C)}"),
         ("20", "20\\%"),
-        ("1,000", "1000"),  # thousands separators
-        ("1000", "1,000"),
-        ("\\$18", "18"),  # dollars
-        ("18 dollars", "18"),
-        ("5 \\mathrm{~cm}", "5"),  # units
+        ("0.2", "20\\%"),
         ("x = 3", "3"),
-        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
-        ("10-4n", "10-4 n"),
-        ("4.5e33", "4.5 \\times 10^{33}"),  # numbers in scientific notation
+        ("4.5e33", "4.5 \\times 10^{33}"),
+        ("-5x+7y-11z-4=0", "5x - 7y + 11z + 4 = 0"),  # an equation, judged whole
     ],
 )
 def test_equivalent_forms(pred, gold):
@@ -71,11 +117,12 @@ def test_equivalent_forms(pred, gold):
     "pred, gold",
     [
         ("0.6", "\\frac{1}{2}"),
-        ("2\\sqrt{3}", "\\sqrt{8}"),
         ("(1,3]", "[1,3)"),
-        ("Bob", "\\text{Evelyn}"),
-        ("(B)", "\\text{(C)}"),
-        ("100", "1,000"),
+        ("70001", "70000"),  # integers are exact
+        ("5.4e-9", "5.3e-9"),  # no rounding to 6 decimals
+        ("2^{1009}+1", "2^{1009}"),
+        ("\\frac{37}{4}", "\\frac{37}{4} m"),  # m is a variable in the gold
+        ("5x-7y+11z-4=0", "5x - 7y + 11z + 4 = 0"),  # not judged by its right-hand side
         ("1,3", "1,3,5"),
         ("", "3"),
     ],
@@ -84,40 +131,100 @@ def test_different_answers(pred, gold):
     assert not answers_equal(pred, gold)
 
 
-def test_olympiad_multiple_answers_any_order():
-    item = Item("olympiadbench", 0, "q", "(1,8,19), (2,7,13), (4,5,7)", None, {})
-    assert grade("(4,5,7), (1,8,19), (2,7,13)", item)
-    assert not grade("(4,5,7), (1,8,19)", item)
-    listed = Item("olympiadbench", 1, "q", "-2, 0, 2", None, {"is_multiple_answer": True})
-    assert grade("2, -2, 0", listed)
-    assert not grade("2, 0", listed)
+def test_item_options_come_from_the_benchmark():
+    olympiad = Item("olympiadbench", 0, "q", "100,200", None, {"is_multiple_answer": True})
+    assert grade("200, 100", olympiad).correct
+    assert not grade("100200", olympiad).correct
+    with_unit = Item("olympiadbench", 1, "q", "\\frac{600}{7}", None, {"unit": "km/h"})
+    assert grade("\\frac{600}{7} km/h", with_unit).correct
+    aime = Item("aime24", 0, "q", "025", None, {})
+    assert grade("25", aime).correct
+    assert not grade("25.5", aime).correct
+    assert grade(None, aime) == Verdict(False)
 
 
-def test_olympiad_unit_is_ignored():
-    item = Item("olympiadbench", 0, "q", "\\frac{600}{7}", None, {"unit": "km/h"})
-    assert grade("\\frac{600}{7} km/h", item)
-    assert grade("\\frac{600}{7}", item)
-    assert not grade("\\frac{601}{7} km/h", item)
+def test_grader_version_is_a_string():
+    assert isinstance(GRADER_VERSION, str) and GRADER_VERSION
 
 
-def test_aime_integers():
-    item = Item("aime24", 0, "q", "025", None, {})
-    assert grade("25", item)
-    assert grade("025", item)
-    assert grade("\\textbf{(25)}", item)
-    assert not grade("24", item)
-    assert not grade("25.5", item)
-    amc = Item("amc23", 0, "q", "27", None, {})
-    assert grade("27.0", amc)
-    assert not grade("28", amc)
+def test_gold_reader_keeps_a_dollar_sign(data_dir):
+    golds = {it.gold for it in load_items("math500", data_dir)}
+    assert "\\$32,\\!348" in golds
 
 
-def test_missing_answer_is_wrong():
-    assert not grade(None, Item("gsm8k", 0, "q", "18", None, {}))
+# --- Hostile answers: bounded in length, nesting and time; nothing printed -----------------
+
+ADVERSARIAL = {
+    "spaces in a box": "\\boxed{U" + " " * 100_000 + "x}",
+    "deep braces": "\\boxed{" + "{" * 50_000 + "x" + "}" * 50_000 + "}",
+    "deep parentheses": "\\boxed{" + "(" * 50_000 + "x" + ")" * 50_000 + "}",
+    "digits": "\\boxed{" + "7" * 100_000 + "}",
+    "bare digits": "7" * 100_000,
+    "many fractions": "\\boxed{" + "\\frac{1}{2}" * 9_000 + "}",
+    "unit words": "\\boxed{5" + " \\text{ cm}" * 9_000 + "}",
+    "open boxes": "\\boxed{" * 14_000,
+    "answer phrases": "The answer is " * 7_000,
+    "commas": "\\boxed{" + "1," * 50_000 + "}",
+    "backslashes": "\\" * 100_000,
+    "side by side": "\\boxed{1} " * 10_000,
+}
 
 
-def test_normalize_strips_wrappers():
-    assert normalize("$\\text{ 1,000 dollars}$.") == "1000"
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_answers_are_graded_at_once(name):
+    item = Item("math500", 0, "q", "x", None, {})
+    start = time.perf_counter()
+    verdict = grade(extract_answer(ADVERSARIAL[name]), item)
+    elapsed = time.perf_counter() - start
+    assert not verdict.correct
+    assert elapsed < 1.0, f"{name}: {elapsed:.2f} s"
+
+
+def test_long_answer_is_ungradable_and_says_why():
+    verdict = judge("1" * 5_000, "1")
+    assert verdict == Verdict(False, "answer longer than 2000 characters")
+
+
+def test_deep_nesting_is_ungradable_and_says_why():
+    verdict = judge("(" * 60 + "1" + ")" * 60, "1")
+    assert not verdict.correct and "nested deeper" in verdict.ungradable
+
+
+def test_symbolic_time_limit_marks_the_item_and_the_worker_recovers(monkeypatch, capfd):
+    monkeypatch.setattr(grading, "ITEM_TIME_LIMIT_S", 1.0)
+    # A 370-million-digit integer: sympy would compute it for minutes.
+    verdict = judge("9^{9^{9^{9}}}+x", "x")
+    assert not verdict.correct
+    assert verdict.ungradable and "timeout" in verdict.ungradable
+    assert judge("(x+1)^2", "x^2+2x+1") == Verdict(True)  # a fresh worker took over
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_ungradable_item_is_recorded_in_results(data_dir, tmp_path):
+    replay = tmp_path / "replay.jsonl"
+    rows = [
+        {"bench": "gsm8k", "id": 0, "response": "\\boxed{" + "9" * 5_000 + "}"},
+        {"bench": "gsm8k", "id": 1, "response": "\\boxed{3}"},
+    ]
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = evaluate(
+        "hostile",
+        "gsm8k",
+        out_dir=tmp_path / "run",
+        backend="replay",
+        responses=replay,
+        data_dir=data_dir,
+        progress=False,
+    )
+    lines = {
+        r["id"]: r
+        for r in map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
+    }
+    assert lines[0]["correct"] is False
+    assert lines[0]["ungradable"] == "answer longer than 2000 characters"
+    assert lines[1]["correct"] is True and "ungradable" not in lines[1]
+    assert summary["benchmarks"]["gsm8k"]["accuracy"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -132,11 +239,3 @@ def test_normalize_strips_wrappers():
 )
 def test_reflection_keywords(text, count):
     assert count_reflections(text) == count
-
-
-def test_statements_compared_by_their_value():
-    gold = "\\lim _{n \\rightarrow \\infty} n^{2} /\\left(2 n^{2}+1\\right)=1 / 2"
-    assert answers_equal("\\lim_{n \\to \\infty} n^2/(2n^2+1) = 0.5", gold)
-    assert not answers_equal(
-        "\\lim _{n \\rightarrow \\infty} n^{3} /\\left(3 n^{3}+2\\right)=2 / 3", gold
-    )

@@ -51,8 +51,9 @@ class Benchmark:
 
 
 def _strip_dollars(text: str) -> str:
-    """Drop the `$` math delimiters the Qwen2.5-Math data wraps answers in."""
-    return text.replace("$", "").strip()
+    """Drop the `$` math delimiters the Qwen2.5-Math data wraps answers in; a dollar sign
+    `\\$` stays (`\\$32,\\!348`)."""
+    return re.sub(r"(?<!\\)\$", "", text).strip()
 
 
 def _gsm8k_gold(row: dict[str, Any]) -> str:

@@ -1,182 +1,114 @@
-"""Is an extracted answer equal to the gold answer? In order: normalised string equality
-(cheap, and right for text answers); integers for AIME/AMC; plain numbers (exact for integers,
-relative tolerance 1e-4 for decimals); math-verify's symbolic equivalence; element-wise
-comparison, in any order, of comma-separated answers (OlympiadBench's multiple answers)."""
+"""Is an extracted answer the gold answer? A `Verdict` for one item.
+
+1. Bounds: an answer longer than MAX_ANSWER_CHARS (or twice the gold, if more) or nested
+   deeper than MAX_NESTING brackets is not graded: it is ungradable, and says why.
+2. Gold and answer are normalised by the same rules (normalize.canonical).
+3. equivalence.same_answer judges them by their shape (lists, statements, tuples, intervals,
+   sets, matrices, numbers, words) without sympy where it can.
+4. What needs symbolic algebra goes to math-verify in a worker process (grading_worker) with a
+   time limit of ITEM_TIME_LIMIT_S per item; an item that runs out of time, or memory, is
+   ungradable, and says so. Nothing is printed.
+
+The verdict of an ungradable item is `correct=False` (as the Qwen2.5-Math toolkit counts its
+timeouts), with the reason in `ungradable`; results.jsonl records it under that key.
+"""
 
 from __future__ import annotations
 
-import math
-import re
 import threading
-from functools import lru_cache
+from dataclasses import dataclass
 
 from l2smerge.eval.benchmarks import BENCHMARKS, Item
+from l2smerge.eval.equivalence import NeedsSymbolic, same_answer
+from l2smerge.eval.grading_worker import GradingWorker
+from l2smerge.eval.normalize import canonical
 
-GRADER_VERSION = "1"  # recorded in run.json; bump whenever a verdict can change
-NUMERIC_REL_TOL = 1e-4
-# Seconds math-verify may spend parsing, and comparing, one answer (main thread only).
-MATH_VERIFY_TIMEOUT = 3
-
-_TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
-_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
-_SIZING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_CHOICE = re.compile(r"\(?([a-e])\)?")
-_UNIT_WORDS = re.compile(
-    r"\s*(?:dollars?|cents?|units?|degrees?|meters?|cm|km|inches|inch|feet|foot|ft|miles?|"
-    r"hours?|minutes?|seconds?|days?|weeks?|years?|mph|km/h|sq\.?\s*units?)\s*$",
-    re.IGNORECASE,
-)
+# Recorded in run.json: a change to how answers are judged bumps it, so that numbers from
+# two grader versions are never compared as if they were one.
+GRADER_VERSION = "2"
+MAX_ANSWER_CHARS = 2000
+MAX_NESTING = 40
+ITEM_TIME_LIMIT_S = 5.0
 
 
-def clean(answer: str, unit: str | None = None) -> str:
-    """The answer without what never changes its value: math delimiters, `\\left`/`\\right`,
-    spacing commands, `\\text{}` wrappers, degree/dollar/percent signs, a trailing unit or
-    full stop, "x =" in front, thousands separators. Still valid LaTeX."""
-    s = answer.strip()
-    s = s.replace("\\$", "").replace("$", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _SIZING.sub("", s)
-    s = _SPACING.sub(" ", s)
-    for _ in range(3):
-        s = _TEXT_COMMANDS.sub(r"\1", s)
-    s = _DEGREES.sub("", s)
-    s = s.replace("\\%", "").replace("%", "")
-    s = s.strip().rstrip(".").strip()
-    if unit:
-        for form in {unit, unit.replace("$", ""), unit.replace("^\\circ", "")}:
-            if form and s.endswith(form):
-                s = s[: -len(form)].strip()
-    s = _UNIT_WORDS.sub("", s)
-    s = re.sub(r"(\d),(\d{3})(?!\d)", r"\1\2", s)  # 1,000 -> 1000 (not "1,3" lists)
-    s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s.strip())  # "x = 3" -> "3"
-    return s.strip()
+@dataclass(frozen=True)
+class Verdict:
+    """`correct`; `ungradable` says why the grader could not judge (then correct is False)."""
+
+    correct: bool
+    ungradable: str | None = None
+
+    def __bool__(self) -> bool:  # `if grade(...)` reads as it did when grade returned a bool
+        return self.correct
 
 
-def normalize(answer: str, unit: str | None = None) -> str:
-    """`clean`, then without whitespace and lower-cased: for string comparison only."""
-    return re.sub(r"\s+", "", clean(answer, unit)).lower()
+_worker: GradingWorker | None = None
+_worker_lock = threading.Lock()
 
 
-def _as_number(s: str) -> float | None:
-    s = s.replace("\\times10^", "e").replace("\\cdot10^", "e").replace("{", "").replace("}", "")
-    m = re.fullmatch(r"(-?\d+)/(\d+)", s)
-    try:
-        if m:
-            return int(m.group(1)) / int(m.group(2))
-        return float(s)
-    except (ValueError, ZeroDivisionError):
-        return None
+def _symbolic_worker() -> GradingWorker:
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = GradingWorker()
+        return _worker
 
 
-def _numbers_close(a: str, b: str) -> bool:
-    x, y = _as_number(a), _as_number(b)
-    if x is None or y is None:
-        return False
-    if x.is_integer() and y.is_integer():
-        return x == y  # the tolerance is for decimals; 70001 is not 70000
-    return math.isclose(x, y, rel_tol=NUMERIC_REL_TOL, abs_tol=0.0)
-
-
-def _as_integer(s: str) -> int | None:
-    x = _as_number(s)
-    if x is None or not x.is_integer():
-        return None
-    return int(x)
-
-
-def _split_top_level(s: str) -> list[str]:
-    """Split on commas that are not inside brackets or braces."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(s):
+def _nesting(s: str) -> int:
+    deepest = depth = 0
+    for ch in s:
         if ch in "([{":
             depth += 1
+            deepest = max(deepest, depth)
         elif ch in ")]}":
             depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(s[start:i])
-            start = i + 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts if p.strip()]
+    return deepest
 
 
-def _timeout_seconds() -> int | None:
-    # math-verify's timeouts use signal.alarm, which only works in the main thread.
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return MATH_VERIFY_TIMEOUT
-
-
-@lru_cache(maxsize=8192)
-def _parse(text: str) -> tuple:
-    from math_verify import parse
-
-    timeout = _timeout_seconds()
+def judge(
+    answer: str,
+    gold: str,
+    *,
+    unit: str | None = None,
+    integer: bool = False,
+    multiple: bool = False,
+) -> Verdict:
+    """The verdict on `answer` against `gold`. `unit`: a unit answers may carry
+    (OlympiadBench). `integer`: integer answers (AIME, AMC). `multiple`: the item has
+    several answers (OlympiadBench's `is_multiple_answer`)."""
+    limit = max(MAX_ANSWER_CHARS, 2 * len(gold))
+    if len(answer) > limit:
+        return Verdict(False, f"answer longer than {limit} characters")
+    pred = canonical(answer, unit=unit, multiple=multiple)
+    if not pred:
+        return Verdict(False)
+    if _nesting(pred) > MAX_NESTING:
+        return Verdict(False, f"answer nested deeper than {MAX_NESTING} brackets")
+    gold_form = canonical(gold, unit=unit, multiple=multiple)
     try:
-        return tuple(parse(f"${text}$", parsing_timeout=timeout))
-    except Exception:  # math-verify raises on timeouts and malformed LaTeX alike
-        return ()
+        return Verdict(same_answer(pred, gold_form, integer=integer))
+    except NeedsSymbolic:
+        pass
+    result = _symbolic_worker().judge(pred, gold_form, integer=integer, seconds=ITEM_TIME_LIMIT_S)
+    if isinstance(result, bool):
+        return Verdict(result)
+    return Verdict(False, f"symbolic comparison failed: {result} (limit {ITEM_TIME_LIMIT_S:g} s)")
 
 
-def _symbolic_equal(gold: str, pred: str) -> bool:
-    from math_verify import verify
-
-    gold_parsed, pred_parsed = _parse(gold), _parse(pred)
-    if not gold_parsed or not pred_parsed:
-        return False
-    try:
-        return bool(
-            verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_timeout_seconds())
-        )
-    except Exception:
-        return False
+def answers_equal(answer: str, gold: str, **options: object) -> bool:
+    """`judge(...).correct`."""
+    return judge(answer, gold, **options).correct  # type: ignore[arg-type]
 
 
-def answers_equal(pred: str, gold: str, *, unit: str | None = None, integer: bool = False) -> bool:
-    """True when `pred` states the same answer as `gold`."""
-    p, g = normalize(pred, unit), normalize(gold, unit)
-    if not p:
-        return False
-    if p == g:
-        return True
-    choice_p, choice_g = _CHOICE.fullmatch(p), _CHOICE.fullmatch(g)
-    if choice_p and choice_g:  # multiple choice: "(C)" = "C"
-        return choice_p.group(1) == choice_g.group(1)
-    if integer:
-        # AIME/AMC answers are integers; "(113)" from "\\textbf{(113)}" is still 113.
-        gi, pi = _as_integer(g), _as_integer(p.strip("()"))
-        if gi is not None:
-            return pi == gi
-    if _as_number(p) is not None and _as_number(g) is not None:
-        return _numbers_close(p, g)  # two plain numbers: no need to ask math-verify
-    if "=" in p and "=" in g:
-        # Two statements "... = value" (College Math writes whole equations as answers):
-        # numeric values decide; math-verify misreads some of these.
-        value_p, value_g = p.rsplit("=", 1)[1], g.rsplit("=", 1)[1]
-        if _as_number(value_p) is not None and _as_number(value_g) is not None:
-            return _numbers_close(value_p, value_g)
-    if _symbolic_equal(clean(gold, unit), clean(pred, unit)):
-        return True
-    gold_parts, pred_parts = _split_top_level(gold), _split_top_level(pred)
-    if len(gold_parts) > 1 and len(gold_parts) == len(pred_parts):
-        remaining = list(pred_parts)
-        for gp in gold_parts:
-            match = next((pp for pp in remaining if answers_equal(pp, gp, unit=unit)), None)
-            if match is None:
-                return False
-            remaining.remove(match)
-        return True
-    return False
-
-
-def grade(extracted: str | None, item: Item) -> bool:
-    """The verdict for one item's extracted answer."""
+def grade(extracted: str | None, item: Item) -> Verdict:
+    """The verdict for one item's extracted answer (None: the response states none)."""
     if extracted is None:
-        return False
+        return Verdict(False)
     spec = BENCHMARKS[item.bench]
-    return answers_equal(
+    return judge(
         extracted,
         item.gold,
         unit=item.meta.get("unit"),
         integer=spec.integer_answers,
+        multiple=bool(item.meta.get("is_multiple_answer")),
     )

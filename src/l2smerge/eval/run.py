@@ -309,6 +309,7 @@ def _replay_items(
 def make_record(item: Item, generation: Generation) -> dict[str, Any]:
     """One results.jsonl line."""
     extracted = extract_answer(generation.response)
+    verdict = grade(extracted, item)
     reflections = count_reflections(generation.response)
     record: dict[str, Any] = {"bench": item.bench, "id": item.id}
     if item.level is not None:
@@ -316,12 +317,14 @@ def make_record(item: Item, generation: Generation) -> dict[str, Any]:
     record.update(
         gold=item.gold,
         extracted=extracted,
-        correct=grade(extracted, item),
+        correct=verdict.correct,
         tokens=generation.tokens,
         truncated=generation.truncated,
         reflective=reflections > 0,
         reflections=reflections,
     )
+    if verdict.ungradable:
+        record["ungradable"] = verdict.ungradable
     for key, value in item.meta.items():
         record.setdefault(key, value)
     record["response"] = generation.response
