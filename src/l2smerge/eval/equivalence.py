@@ -40,9 +40,17 @@ _RELATIONS = frozenset({"=", "<", ">", "\\leq", "\\geq", "\\neq", "\\approx", "\
 _CHOICE = re.compile(r"\(?([A-Ea-e])\)?")
 _CHOICE_PREFIX = re.compile(r"\(([A-E])\)(?![-+*/^=_.,])")  # "(C) 27", not "(C)+1"
 # A label on the left of "=": x, x_{1}, m_{\max}, f(x), f^{-1}(x), \theta, N(n), (x,y,z).
-_SYMBOL = r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{[^{}]*\}|_[A-Za-z0-9])?(?:'|\^\{\\prime\}|\^\{-1\})*"
+_GREEK = (
+    r"\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|"
+    r"lambda|mu|nu|xi|rho|sigma|tau|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|"
+    r"Lambda|Xi|Sigma|Phi|Psi|Omega|ell)"
+)
+_SYMBOL = (
+    rf"(?:[A-Za-z]|{_GREEK})(?:_\{{[^{{}}]*\}}|_[A-Za-z0-9])?"
+    r"(?:'|\^\{\\prime\}|\^\{-1\})*"  # x', x^{\prime}, f^{-1}
+)
 _LABEL = re.compile(
-    rf"{_SYMBOL}(?:\([^()]*\))?|\({_SYMBOL}(?:,{_SYMBOL})*\)|\\angle ?[A-Za-z0-9_{{}}]+"
+    rf"{_SYMBOL}(?:\([^()+\-]*\))?|\({_SYMBOL}(?:,{_SYMBOL})*\)|\\angle ?[A-Za-z0-9_{{}}]+"
 )
 # A left-hand side that is a number once evaluated, though it names a variable: a limit,
 # sum, product or definite integral (`\lim_{n \to \infty} f(n) = 1/2`).
@@ -261,12 +269,18 @@ def _expand_pm(s: str) -> list[str]:
     a bracketed list (`\\{1\\pm\\sqrt{5},-2\\}` expands its own items)."""
     if "\\pm" not in s and "\\mp" not in s:
         return [s]
+    seq = _bracketed(s)
+    if seq is not None and len(seq[2]) > 1:
+        if seq[0] != "(" or sum(item.count("\\pm") for item in seq[2]) > 3:
+            return [s]  # a set expands its own items; eight points at most
+        # (\pm 3, \pm 2): every sign of every item, four points
+        points = [""]
+        for item in seq[2]:
+            points = [f"{p},{x}" if p else x for p in points for x in _expand_pm(item)]
+        return [f"({p})" for p in points] if len(points) > 1 else [s]
     tokens = tokenize(s)
     signs = [i for i, t in enumerate(tokens) if t in ("\\pm", "\\mp")]
     if len(signs) != 1:
-        return [s]
-    seq = _bracketed(s)
-    if seq is not None and len(seq[2]) > 1:
         return [s]
     i = signs[0]
     plus, minus = ("+", "-") if tokens[i] == "\\pm" else ("-", "+")
@@ -520,21 +534,22 @@ class _Judge:
 
 
 def _value_indices(rel: tuple[list[str], list[str]]) -> list[int] | None:
-    """Which parts of a statement are values: those after a label (`x = 5`, `f(x) = 2x`), or
-    all parts of a computation (`\\log_8 4 = 2/3`), chained with = or \\approx, labels left
-    out (`40/3 = a`); `x \\in S` gives S. None for any other statement."""
+    """Which parts of a statement are values: those after a label (`x = 5`, `f(x) = 2x`), the
+    one before a label written last (`40/3 = a`), or all parts of a computation without
+    variables (`\\log_8 4 = 2/3`, `\\lim_{n \\to \\infty} ... = 1/2`), chained with = or
+    \\approx; `x \\in S` gives S. None for any other statement (an equation)."""
     parts, ops = rel
     if ops == ["\\in"] and _LABEL.fullmatch(parts[0]):
         return [1]
     if not all(op in ("=", "\\approx") for op in ops):
         return None
     if _LABEL.fullmatch(parts[0]):
-        indices = range(1, len(parts))
-    elif _is_constant(parts[0]) or parts[0].startswith(_BOUND_PREFIXES):
-        indices = range(len(parts))
-    else:
-        return None
-    return [i for i in indices if not _LABEL.fullmatch(parts[i])] or None
+        return list(range(1, len(parts)))
+    if all(_is_constant(p) or p.startswith(_BOUND_PREFIXES) for p in parts):
+        return list(range(len(parts)))
+    if len(parts) == 2 and _LABEL.fullmatch(parts[1]):
+        return [0]  # `40/3 = a`, `2x+1 = y`: the label written last
+    return None
 
 
 def _values(rel: tuple[list[str], list[str]]) -> list[str] | None:

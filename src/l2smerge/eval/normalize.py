@@ -124,8 +124,9 @@ def _rewrite(tokens: list[str]) -> list[str]:
                 continue
         if len(t) == 2 and t[0] == "\\" and t[1].isdigit():
             t = t[1]  # `\$32` whose `$` a reader stripped as a math delimiter
-        if t == "\\!" and out and out[-1] == ",":
-            out[-1] = THOUSANDS
+        if t == "\\!" and out and (out[-1] == "," or out[-2:] == [",", " "]):
+            del out[out.index(",", len(out) - 2) :]
+            out.append(THOUSANDS)
             continue
         if t == "}" and len(out) >= 2 and out[-1] == "," and out[-2] == "{":
             out[-2:] = [THOUSANDS]
@@ -292,8 +293,8 @@ def _strip_units(tokens: Tokens) -> Tokens:
                 break
             start = w + 1
             j = skip_back_spaces(w)
-            if j >= 0 and kinds[j] != MATH:
-                pos = j
+            if j >= 0 and (kinds[j] != MATH or kinds[exponent_start(j)] != MATH):
+                pos = j  # another word, bare or with an exponent: `\mbox{ in}^2 \text{ units}`
                 continue
             if j >= 0 and toks[j] in _UNIT_JOINERS:
                 j2 = skip_back_spaces(j - 1)
@@ -385,6 +386,8 @@ def _thousands(tokens: Tokens, multiple: bool) -> Tokens:
     n = len(tokens)
     for i, (t, k) in enumerate(tokens):
         if t == THOUSANDS:
+            while out and out[-1][0] == " ":
+                out.pop()
             prev_digit = bool(out) and out[-1][0].isdigit()
             j = i + 1
             while j < n and tokens[j][0] == " ":

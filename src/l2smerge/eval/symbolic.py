@@ -45,14 +45,17 @@ _E_WITH_INDEX = re.compile(r"(?<![\\A-Za-z])E_\{")
 
 
 def _unify_symbols(expr):
-    """Every free symbol as one real symbol of its name, and `i` as the imaginary unit:
-    latex2sympy makes `i` a real variable, and gives the same name different assumptions
-    in different contexts (so that `(4-6i)/13 - (4/13 - 6i/13)` does not simplify to 0)."""
+    """Every free symbol as one plain symbol of its name, and `i` as the imaginary unit:
+    latex2sympy makes `i` a real variable, and gives one name different assumptions in
+    different places (so that `(4-6i)/13 - (4/13 - 6i/13)` does not simplify to 0). A
+    relation is rebuilt unevaluated: with real symbols `x^2 + 121 = 0` would become False."""
+    if isinstance(expr, Relational):
+        return expr.func(_unify_symbols(expr.lhs), _unify_symbols(expr.rhs), evaluate=False)
     if not isinstance(expr, sympy.Basic) or not getattr(expr, "free_symbols", None):
         return expr
     return expr.xreplace(
         {
-            s: sympy.I if s.name == "i" else sympy.Symbol(s.name, real=True)
+            s: sympy.I if s.name == "i" else sympy.Symbol(s.name)
             for s in expr.free_symbols
             if isinstance(s, sympy.Symbol)
         }
@@ -126,15 +129,29 @@ def leaf_equal(pred: str, gold: str) -> bool:
     g, p = _constant_value(gold_parsed[0]), _constant_value(pred_parsed[0])
     if g is not None and p is not None:
         return abs(g - p) <= _TOL * max(abs(g), abs(p)) or g == p
+    if _verify(list(gold_parsed), list(pred_parsed)):
+        return True
+    # Quantities are positive unless said otherwise: `\\sqrt{4 r_0^2}` is `2 r_0`.
+    g, p = gold_parsed[0], pred_parsed[0]
+    if _plain_expression(g) and _plain_expression(p):
+        return _verify(_positive(g), _positive(p))
+    return False
+
+
+def _verify(gold, pred) -> bool:
     try:
         return bool(
-            verify(
-                list(gold_parsed),
-                list(pred_parsed),
-                strict=True,
-                allow_set_relation_comp=True,
-                timeout_seconds=None,
-            )
+            verify(gold, pred, strict=True, allow_set_relation_comp=True, timeout_seconds=None)
         )
     except Exception:
         return False
+
+
+def _plain_expression(expr) -> bool:
+    return isinstance(expr, sympy.Expr) and bool(expr.free_symbols) and not _has_matrix(expr)
+
+
+def _positive(expr):
+    return expr.xreplace(
+        {s: sympy.Symbol(s.name, positive=True) for s in expr.free_symbols if s.is_Symbol}
+    )
