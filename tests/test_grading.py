@@ -170,8 +170,14 @@ ADVERSARIAL = {
 }
 
 
+@pytest.fixture(scope="module")
+def started_worker():
+    """The symbolic worker, started: its start (importing sympy) is not an item's time."""
+    assert judge("(x+1)^2", "x^2+2x+1").correct
+
+
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
-def test_adversarial_answers_are_graded_at_once(name):
+def test_adversarial_answers_are_graded_at_once(name, started_worker):
     item = Item("math500", 0, "q", "x", None, {})
     start = time.perf_counter()
     verdict = grade(extract_answer(ADVERSARIAL[name]), item)
@@ -186,7 +192,7 @@ def test_long_answer_is_ungradable_and_says_why():
 
 
 def test_deep_nesting_is_ungradable_and_says_why():
-    verdict = judge("(" * 60 + "1" + ")" * 60, "1")
+    verdict = judge("(" * 13 + "1" + ")" * 13, "1")
     assert not verdict.correct and "nested deeper" in verdict.ungradable
 
 

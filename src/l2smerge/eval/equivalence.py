@@ -496,7 +496,7 @@ class _Judge:
         p_union = split_top(pred, frozenset({"\\cup"}))
         if len(g_union) > 1 or len(p_union) > 1:
             return len(g_union) == len(p_union) and self.unordered(p_union, g_union)
-        if g_num is not None and p_num is None and not _is_constant(pred):
+        if (g_num is None) != (p_num is None) and not _is_constant(pred if p_num is None else gold):
             return False  # a number is never equal to an expression with a variable
         return self.symbolic(pred, gold)
 
