@@ -18,6 +18,7 @@ import torch
 
 from l2smerge.eval import evaluate
 from l2smerge.eval.backends.base import QWEN_STOP_IDS, encode_prompt, stop_token_ids
+from l2smerge.eval.grading import GRADER_VERSION
 from l2smerge.eval.prompts import QWEN25_MATH_COT, TOOLKIT_STOP, PromptBuilder
 from l2smerge.util.errors import L2SError
 
@@ -208,7 +209,7 @@ def test_run_json_records_the_protocol_and_the_session(tiny, tmp_path, lab_data)
     assert identity["model"]["fingerprint"].startswith("sha256:")
     assert identity["prompt"] == "qwen25-math-cot" and identity["max_tokens"] == 3
     assert identity["prompt_sha256"] == PromptBuilder("qwen25-math-cot").sha256
-    assert identity["stop"] == list(TOOLKIT_STOP) and identity["grader_version"] == "1"
+    assert identity["stop"] == list(TOOLKIT_STOP) and identity["grader_version"] == GRADER_VERSION
     assert info["prompt_template"] == QWEN25_MATH_COT
     [session] = info["sessions"]
     assert session["backend"] == "hf" and session["backend_args"]["batch_size"] == 2
@@ -271,8 +272,10 @@ def test_another_grader_version_is_refused_with_the_regrade_command(
     evaluate("m", "lab", **opts)
     import l2smerge.eval.run as run_module
 
-    monkeypatch.setattr(run_module, "GRADER_VERSION", "2")
-    with pytest.raises(L2SError, match=r"grader_version: 1 \(there\); 2 \(now\).*--backend replay"):
+    newer = f"{GRADER_VERSION}-next"
+    monkeypatch.setattr(run_module, "GRADER_VERSION", newer)
+    differs = rf"grader_version: {GRADER_VERSION} \(there\); {newer} \(now\)"
+    with pytest.raises(L2SError, match=differs + ".*--backend replay"):
         evaluate("m", "lab", **opts)
 
 
