@@ -1,5 +1,6 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename over the
-target, so a reader (or a crash) never sees a half-written file."""
+target, so a reader (or a crash) never sees a half-written file. Files get the permissions
+open() gives (0666 less the umask), like every other file in an output folder."""
 
 from __future__ import annotations
 
@@ -33,9 +34,13 @@ def temp_dir_beside(dest: Path) -> Path:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically. An OSError (disk full, read-only) names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600, widened as open() would
         with os.fdopen(fd, "wb") as fh:
@@ -43,6 +48,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
