@@ -15,6 +15,7 @@ Memory therefore stays at a few copies of the largest tensor whatever the model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from l2smerge.util.errors import L2SError
+from l2smerge.util.errors import L2SError, describe_os_error, writing
+from l2smerge.util.jsonl import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -59,6 +61,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h
 _NOT_COPIED = {"config.json", "README.md", "l2smerge.json", "merge.yaml", INDEX_FILE, PICKLE_INDEX}
 
 
+def _kind(value: object) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -79,44 +86,164 @@ class TensorInfo:
         return self.end - self.start
 
 
+# What the `safetensors` library accepts (its Rust `Metadata::validate`), checked here too.
+MAX_HEADER_BYTES = 100_000_000
+_MAX_NUMEL = 2**63  # a shape whose element count does not fit in 64 bits is corrupt
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key {twice!r} appears twice")
+    return dict(pairs)
+
+
+def _index(value: object) -> int | None:
+    """A JSON non-negative integer (not a bool, not a float), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _tensor_entry(path: Path, name: str, entry: object) -> tuple[torch.dtype, tuple, int, int]:
+    def bad(problem: str) -> L2SError:
+        return L2SError(f"{path}: tensor {name!r}: {problem} (corrupt safetensors header)")
+
+    if not isinstance(entry, dict):
+        raise bad("its entry is not a JSON object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise bad(f"no {key!r}")
+    dtype_code = entry["dtype"]
+    if dtype_code not in ST_TO_TORCH:
+        raise L2SError(
+            f"{path}: tensor {name!r}: dtype {dtype_code!r} is not one l2smerge merges "
+            f"({', '.join(ST_TO_TORCH)})"
+        )
+    dtype = ST_TO_TORCH[dtype_code]
+    shape = entry["shape"]
+    if not isinstance(shape, list) or any(_index(d) is None for d in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel >= _MAX_NUMEL:
+            raise bad(f"shape {shape} overflows")
+    offsets = entry["data_offsets"]
+    pair = isinstance(offsets, list) and len(offsets) == 2
+    if not pair or any(_index(x) is None for x in offsets):
+        raise bad(f"data_offsets {offsets!r} is not [begin, end] with non-negative integers")
+    begin, end = offsets
+    if end < begin:
+        raise bad(f"data_offsets [{begin}, {end}] ends before it begins")
+    if end - begin != numel * dtype.itemsize:
+        raise bad(
+            f"data_offsets [{begin}, {end}] hold {end - begin} bytes but dtype {dtype_code} "
+            f"and shape {shape} need {numel * dtype.itemsize}"
+        )
+    return dtype, tuple(shape), begin, end
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse one .safetensors file's header; check it is complete and fits the file."""
+    """Parse one .safetensors file's header and check it as the `safetensors` library does:
+    header length within the file and at most 100 MB, a UTF-8 JSON object, every tensor's
+    dtype x shape = its byte range, and the byte ranges laid end to end from 0 covering the
+    data exactly (no overlap, no gap, nothing after). One check is stricter: a tensor name
+    given twice (the library keeps the last silently; which one the writer meant is unknown)."""
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise L2SError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise L2SError(f"{path}: truncated or corrupt safetensors header")
-            raw = json.loads(f.read(n))
+            if n > MAX_HEADER_BYTES:
+                raise L2SError(
+                    f"{path}: corrupt safetensors header (says it is {n} bytes; at most "
+                    f"{MAX_HEADER_BYTES} are allowed)"
+                )
+            if n > size - 8:
+                raise L2SError(
+                    f"{path}: truncated or corrupt safetensors header ({n} bytes from a file of "
+                    f"{size})"
+                )
+            raw = f.read(n)
     except OSError as exc:
-        raise L2SError(f"{path}: cannot read ({exc.strerror})") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise L2SError(f"{path}: corrupt safetensors header ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise L2SError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = raw.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    tensors: dict[str, TensorInfo] = {}
-    end_max = 0
-    for name, entry in raw.items():
-        try:
-            dtype = ST_TO_TORCH[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise L2SError(f"{path}: tensor {name!r} has an unsupported or bad entry") from exc
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise L2SError(f"{path}: tensor {name!r}: byte range does not match its shape")
-        tensors[name] = TensorInfo(name, path, data_start + begin, data_start + end, dtype, shape)
-        end_max = max(end_max, end)
-    if data_start + end_max > size:
+        raise L2SError(describe_os_error(exc, path, "cannot read")) from None
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as exc:
         raise L2SError(
-            f"{path}: truncated: holds {size} bytes, its header needs {data_start + end_max}"
+            f"{path}: corrupt safetensors header (not UTF-8 at byte {8 + exc.start})"
+        ) from None
+    except ValueError as exc:
+        raise L2SError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise L2SError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise L2SError(
+            f"{path}: corrupt safetensors header (__metadata__ must map names to strings)"
+        )
+    data_start = 8 + n
+    entries = sorted(
+        ((name, *_tensor_entry(path, name, entry)) for name, entry in header.items()),
+        key=lambda e: (e[3], e[4]),
+    )
+    tensors: dict[str, TensorInfo] = {}
+    covered = 0  # the data is the tensors' byte ranges laid end to end from 0
+    for name, dtype, shape, begin, end in entries:
+        if begin != covered:
+            what = "overlaps the tensor before it" if begin < covered else "leaves a gap"
+            raise L2SError(
+                f"{path}: tensor {name!r}: data_offsets [{begin}, {end}] {what} (expected to "
+                f"begin at {covered}; corrupt safetensors header)"
+            )
+        covered = end
+        tensors[name] = TensorInfo(name, path, data_start + begin, data_start + end, dtype, shape)
+    if data_start + covered > size:
+        raise L2SError(
+            f"{path}: truncated: holds {size} bytes, its header needs {data_start + covered}"
+        )
+    if data_start + covered < size:
+        raise L2SError(
+            f"{path}: corrupt: {size - data_start - covered} bytes after the last tensor that "
+            "no tensor covers"
         )
     return tensors, metadata
+
+
+def model_roots(folder: Path) -> list[Path]:
+    """Where the files of the model folder `folder` (resolved) may live: inside it, and for a
+    Hugging Face hub cache snapshot (REPO/snapshots/REV/, whose files are symlinks into
+    REPO/blobs/) in REPO/blobs."""
+    roots = [folder]
+    if folder.parent.name == "snapshots":
+        roots.append(folder.parent.parent / "blobs")
+    return roots
+
+
+def confined(folder: Path, name: str, what: str) -> Path:
+    """The file `name` of the model folder `folder`, refusing any name or symlink that leads
+    outside it (an absolute path, `..`, a symlink to elsewhere or in a loop): a model folder
+    must never make l2smerge read, or copy into an output, a file of yours it does not hold."""
+    if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise L2SError(f"{folder}: {what} {name!r} is not a file inside the model folder")
+    path = folder / name
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        return path  # the caller says what is missing
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise L2SError(f"{path}: cannot open ({exc})".splitlines()[0]) from None
+    roots = model_roots(folder.resolve())
+    if not any(real == root or root in real.parents for root in roots):
+        raise L2SError(
+            f"{path}: {what} is a symlink to {real}, outside the model folder; copy the file "
+            "into the folder if you mean it"
+        )
+    return path
 
 
 class Checkpoint:
@@ -124,21 +251,33 @@ class Checkpoint:
 
     def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise L2SError(f"{self.path}: not a model directory (no such directory)")
-        config_path = self.path / "config.json"
-        if not config_path.is_file():
-            raise L2SError(f"{self.path}: not a model directory (no config.json)")
         try:
-            self.config: dict = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise L2SError(f"{config_path}: cannot parse ({exc})") from exc
+            self.path.stat()
+        except FileNotFoundError:
+            raise L2SError(f"{self.path}: not a model directory (no such directory)") from None
+        except OSError as exc:
+            raise L2SError(describe_os_error(exc, self.path, "cannot open")) from None
+        except ValueError:  # a NUL byte in the path
+            raise L2SError(f"{str(self.path)!r}: not a valid path") from None
+        if not self.path.is_dir():
+            raise L2SError(f"{self.path}: not a model directory (a file, not a folder)")
+        config_path = confined(self.path, "config.json", "config.json")
+        if not config_path.exists():
+            raise L2SError(f"{self.path}: not a model directory (no config.json)")
+        if not config_path.is_file():
+            raise L2SError(f"{config_path}: not a regular file")
+        config = read_json(config_path, "model config")
+        if not isinstance(config, dict):
+            raise L2SError(f"{config_path}: a model config is a JSON object, not {_kind(config)}")
+        if "text_config" in config and not isinstance(config["text_config"], (dict, type(None))):
+            raise L2SError(f"{config_path}: text_config must be a JSON object")
+        self.config: dict = config
         self._pickle_state: dict[str, torch.Tensor] | None = None
         self.tensors: dict[str, TensorInfo] = {}
         self.files: list[Path] = []
-        if (self.path / INDEX_FILE).is_file() or (self.path / SINGLE_FILE).is_file():
+        if self._has(INDEX_FILE) or self._has(SINGLE_FILE):
             self._open_safetensors()
-        elif (self.path / PICKLE_INDEX).is_file() or (self.path / PICKLE_SINGLE).is_file():
+        elif self._has(PICKLE_INDEX) or self._has(PICKLE_SINGLE):
             if not allow_pickle:
                 raise L2SError(
                     f"{self.path}: holds pickle weights (*.bin), which can run code when "
@@ -149,27 +288,44 @@ class Checkpoint:
             raise L2SError(f"{self.path}: not a model directory (no {SINGLE_FILE} or {INDEX_FILE})")
 
     # -- opening ------------------------------------------------------------------------
+    def _has(self, name: str) -> bool:
+        return os.path.lexists(self.path / name)
+
+    def _file(self, name: str, what: str) -> Path:
+        """A weight or index file of this folder, confined to it, that exists and is a file."""
+        path = confined(self.path, name, what)
+        if not path.exists():
+            raise L2SError(f"{path}: {what} is missing")
+        if not path.is_file():
+            raise L2SError(f"{path}: {what} is not a file")
+        return path
+
     def _weight_map(self, index_name: str) -> dict[str, str]:
-        index_path = self.path / index_name
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map = index["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (OSError, ValueError, KeyError, AssertionError) as exc:
-            raise L2SError(f"{index_path}: not a valid shard index") from exc
+        index_path = self._file(index_name, "shard index")
+        index = read_json(index_path, "shard index")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise L2SError(
+                f'{index_path}: not a valid shard index (needs "weight_map": an object '
+                "mapping tensor names to shard file names)"
+            )
+        if not weight_map:
+            raise L2SError(f"{index_path}: the shard index lists no tensors")
         return weight_map
 
     def _open_safetensors(self) -> None:
-        if (self.path / INDEX_FILE).is_file():
+        if self._has(INDEX_FILE):
             weight_map = self._weight_map(INDEX_FILE)
             file_names = list(dict.fromkeys(weight_map.values()))
+            what = f"shard listed in {INDEX_FILE}"
         else:
             weight_map = None
             file_names = [SINGLE_FILE]
+            what = "weight file"
         for file_name in file_names:
-            file = self.path / file_name
-            if not file.is_file():
-                raise L2SError(f"{file}: shard listed in {INDEX_FILE} is missing")
+            file = self._file(file_name, what)
             found, _ = read_safetensors_header(file)
             self.files.append(file)
             for name, info in found.items():
@@ -184,15 +340,13 @@ class Checkpoint:
                     )
 
     def _open_pickle(self) -> None:
-        if (self.path / PICKLE_INDEX).is_file():
+        if self._has(PICKLE_INDEX):
             file_names = list(dict.fromkeys(self._weight_map(PICKLE_INDEX).values()))
         else:
             file_names = [PICKLE_SINGLE]
         state: dict[str, torch.Tensor] = {}
         for file_name in file_names:
-            file = self.path / file_name
-            if not file.is_file():
-                raise L2SError(f"{file}: shard listed in {PICKLE_INDEX} is missing")
+            file = self._file(file_name, f"shard listed in {PICKLE_INDEX}")
             try:
                 loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # torch raises many types for corrupt pickles
@@ -280,14 +434,15 @@ class Checkpoint:
 
 def parse_size(text: str | int) -> int:
     """'5GB', '500MB', '2GiB', 1000000 -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", text.upper())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
     if not m:
         raise L2SError(f"bad size {text!r}; write e.g. 5GB, 500MB or 2GiB")
     number, prefix, unit = float(m.group(1)), m.group(2), m.group(3) or "B"
     base = 1024 if unit == "IB" else 1000
-    return int(number * base ** " KMGT".index(prefix or " "))
+    size = int(number * base ** " KMGT".index(prefix or " "))
+    if size < 1:
+        raise L2SError(f"bad size {text!r}: must be at least 1 byte")
+    return size
 
 
 @dataclass(frozen=True)
@@ -334,7 +489,8 @@ class ShardedWriter:
 
     def _open_shard(self, i: int) -> None:
         if self._file is not None:
-            self._file.close()
+            with writing(self.directory / self.file_names[self._shard]):
+                self._file.close()
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for t in self.shards[i]:
@@ -346,10 +502,11 @@ class ShardedWriter:
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors does
-        self._file = open(self.directory / self.file_names[i], "wb")  # noqa: SIM115
-        self._file.write(struct.pack("<Q", len(raw)))
-        self._file.write(raw)
         self._shard = i
+        with writing(self.directory / self.file_names[i]):
+            self._file = open(self.directory / self.file_names[i], "wb")  # noqa: SIM115
+            self._file.write(struct.pack("<Q", len(raw)))
+            self._file.write(raw)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the planned tensor `name`, whole or as consecutive blocks of rows."""
@@ -368,7 +525,8 @@ class ShardedWriter:
         if self._written > planned.nbytes:
             raise RuntimeError(f"writer got more bytes than planned for {name}")
         if data.numel():
-            self._file.write(memoryview(data.view(torch.uint8).numpy()))
+            with writing(self.directory / self.file_names[shard]):
+                self._file.write(memoryview(data.view(torch.uint8).numpy()))
         if self._written == planned.nbytes:
             self._pos += 1
             self._written = 0
@@ -377,17 +535,20 @@ class ShardedWriter:
         if self._pos != len(self._queue):
             raise RuntimeError("writer finished before every planned tensor was written")
         if self._file is not None:
-            self._file.close()
+            with writing(self.directory / self.file_names[self._shard]):
+                self._file.close()  # flushes the last buffered bytes: can fail on a full disk
             self._file = None
         if len(self.shards) > 1:
             weight_map = {t.name: self.file_names[i] for i, s in enumerate(self.shards) for t in s}
             index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
-            (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+            with writing(self.directory / INDEX_FILE):
+                (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return [self.directory / f for f in self.file_names]
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the folder is removed anyway
+                self._file.close()
             self._file = None
 
 
@@ -395,10 +556,16 @@ def copy_side_files(source: Path, dest: Path) -> list[str]:
     """Copy tokenizer, generation config and other small non-weight files of a model dir."""
     copied = []
     for item in sorted(source.iterdir()):
-        if not item.is_file() or item.name in _NOT_COPIED or item.name.startswith("."):
+        if item.name in _NOT_COPIED or item.name.startswith("."):
             continue
         if item.name.endswith(_WEIGHT_SUFFIXES):
             continue
-        shutil.copy2(item, dest / item.name)
+        item = confined(source, item.name, "file")  # no symlink out of the folder is copied
+        if not item.is_file():
+            continue
+        try:
+            shutil.copyfile(item, dest / item.name)  # contents only: modes as open() gives
+        except OSError as exc:
+            raise L2SError(describe_os_error(exc, dest / item.name, "cannot write")) from None
         copied.append(item.name)
     return copied
