@@ -24,17 +24,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from l2smerge.util.errors import L2SError
+from l2smerge.util.paths import resolved
+from l2smerge.util.schema import describe_validation_error
+from l2smerge.util.yamlfile import read_yaml
 
 # Keys of a point that are not method parameters.
 POINT_KEYS = ("method", "on", "preset")
+# A grid larger than this is a typo, not a plan (each point is a merge and an evaluation).
+MAX_GRID_POINTS = 10_000
 
 
 class _Strict(BaseModel):
@@ -54,6 +59,16 @@ class EvalSpec(_Strict):
     batch_size: int | None = Field(default=None, ge=1)
     device: str | None = None
     options: dict[str, Any] = {}  # extra backend options (e.g. tensor_parallel_size for vllm)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        from l2smerge.util.device import check_device
+
+        try:
+            return None if value is None else check_device(value, "device", available=False)
+        except L2SError as exc:
+            raise ValueError(str(exc).removeprefix("device ")) from None
 
     @field_validator("benches", mode="before")
     @classmethod
@@ -156,9 +171,9 @@ class SweepSpec(_Strict):
         def fix(p: Path | None) -> Path | None:
             if p is None or p.is_absolute():
                 return p
-            resolved = (folder / p).resolve()
-            relative.append(str(resolved))
-            return resolved
+            absolute = resolved(folder / p)
+            relative.append(str(absolute))
+            return absolute
 
         def fix_source(s: RunSource | None) -> RunSource | None:
             if s is None:
@@ -274,29 +289,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.@_=-]+", "_", text).strip("_")[:60]
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(x) for x in err["loc"]) or "sweep"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required key missing"
-    return f"{where}: {msg}"
-
-
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate SWEEP.yaml; every error names the key at fault."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise L2SError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise L2SError(f"{path}: {where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_sweep(data, path)
+    return parse_sweep(read_yaml(path, "sweep file"), path)
 
 
 def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
@@ -309,7 +305,8 @@ def parse_sweep(data: Any, path: str | Path = "sweep") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise L2SError(f"{path}: {_first_error(exc)}") from None
+        message = describe_validation_error(exc, data, sorted(SweepSpec.model_fields))
+        raise L2SError(f"{path}: {message}") from None
     if not (spec.points or spec.grid or spec.search):
         raise L2SError(f"{path}: points/grid/search: the sweep has no merge to try; add one")
     _check_merge_fields(spec.merge, path)
@@ -344,6 +341,11 @@ def _check_merge_fields(merge: dict[str, Any], path: Path) -> None:
         if key not in MergeConfig.model_fields:
             known = ", ".join(sorted(set(MergeConfig.model_fields) - _PER_POINT_FIELDS))
             raise L2SError(f"{path}: merge.{key}: unknown key (known: {known})")
+    data = {"method": "average", "models": [], **merge}
+    try:  # the values too (dtype, device, seed...), before any point runs
+        MergeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise L2SError(f"{path}: merge.{describe_validation_error(exc, data)}") from None
 
 
 def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
@@ -361,26 +363,58 @@ def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
         for key, values in axes.items():
             if not values:
                 raise L2SError(f"{where}.{key}: empty list of values")
+        size = math.prod(len(v) for v in axes.values())
+        if size > MAX_GRID_POINTS:
+            raise L2SError(
+                f"{where}: {size} combinations; a sweep runs at most {MAX_GRID_POINTS} points"
+            )
         for combo in itertools.product(*axes.values()):
             points.append(_point(dict(zip(axes, combo, strict=True)), where, "grid"))
     if spec.search is not None:
         _check_method(
+            spec.search.method, spec.search.on, spec.search.fixed, f"{path}: search.fixed"
+        )
+        _check_method(
             spec.search.method,
             spec.search.on,
-            {**spec.search.fixed, **dict.fromkeys(spec.search.params)},
-            f"{path}: search",
+            {k: list(v) for k, v in spec.search.params.items()},
+            f"{path}: search.params",
+            search=True,
         )
+    if not spec.models:
+        raise L2SError(f"{path}: models: the sweep merges no model; list at least one")
+    if spec.base is None:
+        from l2smerge.methods import METHODS
+
+        for p in points + ([Point(spec.search.method, {})] if spec.search else []):
+            name = p.method or _preset_method(p.preset)
+            if name in METHODS and METHODS[name].needs_base:
+                raise L2SError(f"{path}: base: {p.label} needs a base model; add base:")
     unique: dict[str, Point] = {}
     for p in points:
         unique.setdefault(p.id, p)
     return list(unique.values())
 
 
+def _preset_method(preset: str | None) -> str | None:
+    from l2smerge.merge.presets import PRESETS
+
+    return PRESETS[preset]["method"] if preset in PRESETS else None
+
+
 def _point(entry: Any, where: str, source: str) -> Point:
     if not isinstance(entry, dict):
         raise L2SError(f"{where}: a point is a mapping (method: ..., alpha: ...)")
     method, on, preset = (entry.get(k) for k in POINT_KEYS)
+    for key in POINT_KEYS:
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise L2SError(f"{where}.{key}: expected a name, got {entry[key]!r}")
     params = {k: v for k, v in entry.items() if k not in POINT_KEYS}
+    for key, value in params.items():
+        if isinstance(value, list) and source == "grid":
+            raise L2SError(f"{where}.{key}: a grid axis is a list of values, not of lists")
+        if isinstance(value, list):
+            raise L2SError(f"{where}.{key}: a list here is a grid axis; put it under grid:")
     if preset is not None:
         from l2smerge.merge.presets import PRESETS
 
@@ -394,31 +428,36 @@ def _point(entry: Any, where: str, source: str) -> Point:
         raise L2SError(f"{where}.method: required (or give a preset)")
     else:
         _check_method(method, on, params, where)
-    for key, value in params.items():
-        if isinstance(value, list):
-            raise L2SError(f"{where}.{key}: a list here is a grid axis; put it under grid:")
     return Point(method, params, on=on, preset=preset, source=source)
 
 
-def _check_method(method: str, on: str | None, params: dict[str, Any], where: str) -> None:
-    """The method exists and takes these parameters (when the registry can tell)."""
+def _check_method(
+    method: str, on: str | None, params: dict[str, Any], where: str, search: bool = False
+) -> None:
+    """The method exists and takes these parameters, each of the right type and in range
+    (the same check a merge makes), so a bad value fails before any point runs."""
+    from l2smerge.merge.config import check_parameter
     from l2smerge.methods import METHODS
 
     if not METHODS:  # registry modules not importable: leave checking to the merge
         return
     if method not in METHODS:
         raise L2SError(f"{where}.method: unknown method {method!r}; known: {', '.join(METHODS)}")
-    allowed = set(METHODS[method].params)
+    allowed = dict(METHODS[method].params)
     if on is not None:
-        if on not in METHODS:
+        if not isinstance(on, str) or on not in METHODS:
             raise L2SError(f"{where}.on: unknown method {on!r}")
-        allowed |= set(METHODS[on].params)
+        allowed = {**METHODS[on].params, **allowed}
     elif method == "aim" or "on" in allowed:
-        return  # a wrapping method's inner parameters depend on its inner method
-    for key in params:
+        allowed = {**METHODS[allowed.get("on") or "ties"].params, **allowed}
+    for key, value in params.items():
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             raise L2SError(f"{where}.{key}: not a parameter of {method} (it takes {known})")
+        if value is not None:  # search.params: a [low, high] range, checked at both ends
+            values = list(value) if isinstance(value, (list, tuple)) and search else [value]
+            for v in values:
+                check_parameter(key, v, allowed[key], where)
 
 
 def merge_config(spec: SweepSpec, key: dict[str, Any]):

@@ -13,25 +13,52 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
+from l2smerge.util.device import check_device
 from l2smerge.util.errors import L2SError
+from l2smerge.util.paths import resolved
+from l2smerge.util.schema import describe_validation_error, short_repr
+from l2smerge.util.yamlfile import read_yaml
 
-Scalar = Union[bool, int, float, str]  # noqa: UP007 (pydantic reads this union at runtime)
-Schedule = list[float]
+if TYPE_CHECKING:
+    from l2smerge.methods import MergeMethod
+
+# Values are kept as written (strict: no "0.5" -> 0.5, no yes -> 1); whether a parameter
+# wants a number, a whole number or text is checked against the method's defaults.
+Number = Union[StrictInt, StrictFloat]  # noqa: UP007 (pydantic reads these unions at runtime)
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]  # noqa: UP007
+Schedule = list[Number]
 ParamValue = Union[Scalar, Schedule, dict[str, Union[Scalar, Schedule]]]  # noqa: UP007
 
-# Valid ranges of the shared parameters, checked before any tensor is read.
-PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
-    # name: (low, high, high_inclusive)
-    "density": (0.0, 1.0, True),
-    "drop_rate": (0.0, 1.0, False),
-    "omega": (0.0, 1.0, True),
+# Valid ranges of the shared parameters, checked before any tensor is read:
+# name: (low, high, low_inclusive, high_inclusive)
+PARAM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "density": (0.0, 1.0, True, True),
+    "drop_rate": (0.0, 1.0, True, False),
+    "omega": (0.0, 1.0, True, True),
+    "temperature": (0.0, math.inf, False, True),
+    "rank": (0, math.inf, True, True),
+    "threshold": (0.0, math.inf, True, True),
+    "iterations": (1, math.inf, True, True),
 }
+# The merge computes in float32: a parameter beyond its range becomes inf at the first tensor.
+FLOAT32_MAX = 3.4028234663852886e38
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -49,19 +76,19 @@ class MergeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str
+    method: StrictStr
     models: list[ModelEntry]
     base: Path | None = None
     parameters: dict[str, ParamValue] = {}
-    on: str | None = None  # inner method for methods that wrap another (`aim --on ties`)
+    on: StrictStr | None = None  # inner method for methods that wrap another (`aim --on ties`)
     calibration: Path | None = None
-    seed: int = 0
+    seed: StrictInt = 0
     dtype: Literal["bfloat16", "float16", "float32"] | None = None  # None: the base's
-    device: str = "cpu"
+    device: StrictStr = "cpu"
     tokenizer_from: Path | None = None  # None: the base (or the first model without one)
-    max_shard_size: str = "5GB"
-    allow_pickle: bool = False
-    preset: str | None = None  # recorded only; its settings are already in the fields
+    max_shard_size: StrictStr | StrictInt = "5GB"
+    allow_pickle: StrictBool = False
+    preset: StrictStr | None = None  # recorded only; its settings are already in the fields
     # Set when the YAML was a mergekit recipe: what its translation could not keep exactly.
     _mergekit_notes: list[str] | None = PrivateAttr(default=None)
 
@@ -70,6 +97,32 @@ class MergeConfig(BaseModel):
     def _plain_paths(cls, value: Any) -> Any:
         if isinstance(value, list):
             return [{"path": v} if isinstance(v, (str, Path)) else v for v in value]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        try:
+            return check_device(value, "device", available=False)
+        except L2SError as exc:
+            raise ValueError(str(exc).removeprefix("device ")) from None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        if not 0 <= value < 2**32:
+            raise ValueError(f"{value} is outside 0 .. 2**32 - 1")
+        return value
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _shard_size(cls, value: str | int) -> str | int:
+        from l2smerge.merge.checkpoint import parse_size
+
+        try:
+            parse_size(value)
+        except L2SError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     # -- building ---------------------------------------------------------------------------
@@ -132,30 +185,26 @@ class MergeConfig(BaseModel):
                 if file is not None:
                     entry["calibration"] = Path(file)
         fields = {k: v for k, v in fields.items() if v is not None}
+        data = dict(
+            method=method,
+            models=entries,
+            base=Path(base) if base is not None else None,
+            parameters=shared,
+            preset=preset,
+            **fields,
+        )
         try:
-            return cls(
-                method=method,
-                models=entries,
-                base=Path(base) if base is not None else None,
-                parameters=shared,
-                preset=preset,
-                **fields,
-            )
+            config = cls(**data)
         except ValidationError as exc:
-            raise L2SError(f"bad merge options: {_first_error(exc)}") from exc
+            message = describe_validation_error(exc, data, sorted(cls.model_fields))
+            raise L2SError(f"bad merge options: {message}") from None
+        config.check_parameters()
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> MergeConfig:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise L2SError(f"{path}: cannot read ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise L2SError(f"{path}:{where}: invalid YAML ({problem})") from exc
+        data = read_yaml(path, "merge config")
         if not isinstance(data, dict):
             raise L2SError(f"{path}: a merge config is a YAML mapping (method:, models:, ...)")
         from l2smerge.merge import mergekit
@@ -164,9 +213,11 @@ class MergeConfig(BaseModel):
             translation = mergekit.from_mergekit(data, path)
             translation.config._mergekit_notes = translation.notes
             return translation.config
-        if "preset" in data and data["preset"] is not None:
+        if data.get("preset") is not None:
             from l2smerge.merge.presets import get_preset
 
+            if not isinstance(data["preset"], str):
+                raise L2SError(f"{path}: preset: expected a preset name, got {data['preset']!r}")
             spec = get_preset(data["preset"])
             if data.setdefault("method", spec["method"]) != spec["method"]:
                 raise L2SError(
@@ -175,18 +226,37 @@ class MergeConfig(BaseModel):
                 )
             if spec.get("on"):
                 data.setdefault("on", spec["on"])
-            data["parameters"] = {**spec["parameters"], **(data.get("parameters") or {})}
+            given = data.get("parameters") or {}
+            if not isinstance(given, dict):
+                raise L2SError(f"{path}: parameters: expected a mapping, got {given!r}")
+            data["parameters"] = {**spec["parameters"], **given}
         try:
             config = cls.model_validate(data)
         except ValidationError as exc:
-            raise L2SError(f"{path}: {_first_error(exc)}") from exc
+            message = describe_validation_error(exc, data, sorted(cls.model_fields))
+            raise L2SError(f"{path}: {message}") from None
+        try:
+            config.check_parameters()
+        except L2SError as exc:
+            raise L2SError(f"{path}: {exc}") from None
         return config.relative_to(path.parent)
+
+    def check_parameters(self) -> tuple[MergeMethod, dict[str, Any]]:
+        """The method exists and takes every parameter given, each of the type its default
+        has and within its range. Returns the method and every parameter name it accepts ->
+        default (its inner method's too, for a wrapping method)."""
+        return method_parameters(
+            self.method,
+            self.on,
+            [("parameters", self.parameters)]
+            + [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(self.models)],
+        )
 
     def relative_to(self, folder: Path) -> MergeConfig:
         """Resolve relative paths against `folder` (the YAML file's folder)."""
 
         def fix(p: Path | None) -> Path | None:
-            return None if p is None else (p if p.is_absolute() else (folder / p)).resolve()
+            return None if p is None else resolved(p if p.is_absolute() else folder / p)
 
         return self.model_copy(
             update={
@@ -224,12 +294,6 @@ class MergeConfig(BaseModel):
         if self.tokenizer_from is not None:
             return self.tokenizer_from
         return self.base if self.base is not None else self.models[0].path
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(x) for x in err["loc"]) or "config"
-    return f"{where}: {err['msg']}"
 
 
 # -- per-tensor resolution -----------------------------------------------------------------
@@ -275,27 +339,99 @@ def resolve_value(value: Any, tensor_name: str, depth: float) -> Any:
     return value
 
 
-def iter_numbers(value: Any):
+def iter_numbers(value: Any) -> Iterator[Any]:
+    for leaf, _ in _leaves(value):
+        if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            yield leaf
+
+
+def _leaves(value: Any) -> Iterator[tuple[Any, bool]]:
+    """Every scalar of a parameter spec, and whether it sits in a depth list."""
     if isinstance(value, dict):
         for inner in value.values():
-            yield from iter_numbers(inner)
+            yield from _leaves(inner)
     elif isinstance(value, list):
-        yield from value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
+        for inner in value:
+            yield inner, True
+    else:
+        yield value, False
+
+
+def _wants(default: Any) -> tuple[str, Any] | None:
+    """What a parameter with this default accepts: (description, test)."""
+    if isinstance(default, bool):
+        return "true or false", lambda x: isinstance(x, bool)
+    if isinstance(default, int):
+        return "a whole number", lambda x: isinstance(x, int) and not isinstance(x, bool)
+    if isinstance(default, float):
+        return "a number", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if isinstance(default, str):
+        return "text", lambda x: isinstance(x, str)
+    return None
+
+
+def check_parameter(name: str, value: Any, default: Any, where: str) -> None:
+    """One parameter spec: every value the type of the method's default (a number where it
+    wants a number: `density: yes` or `density: lots` is refused), depth lists only of
+    numbers, and every number in range."""
+    wants = _wants(default)
+    for leaf, in_list in _leaves(value):
+        if wants is not None and not wants[1](leaf):
+            got = "true" if leaf is True else "false" if leaf is False else short_repr(leaf)
+            raise L2SError(f"{where}.{name}: expected {wants[0]}, got {got}")
+        if in_list and not isinstance(default, float):
+            raise L2SError(
+                f"{where}.{name}: a depth list interpolates between numbers; give one "
+                f"{wants[0] if wants else 'value'} (or name rules)"
+            )
+    check_range(name, value, where)
 
 
 def check_range(name: str, value: Any, where: str) -> None:
     for x in iter_numbers(value):
         if not math.isfinite(x):
             raise L2SError(f"{where}: {name} = {x} is not a finite number")
+        if abs(x) > FLOAT32_MAX:
+            raise L2SError(
+                f"{where}: {name} = {x:g} is beyond float32's range (±3.4e38), in which "
+                "the merge computes"
+            )
     if name not in PARAM_RANGES:
         return
-    low, high, high_inclusive = PARAM_RANGES[name]
+    low, high, low_inclusive, high_inclusive = PARAM_RANGES[name]
     for x in iter_numbers(value):
-        if x < low or x > high or (x == high and not high_inclusive):
-            bracket = "]" if high_inclusive else ")"
-            raise L2SError(f"{where}: {name} = {x} is outside [{low}, {high}{bracket}")
+        below = x < low or (x == low and not low_inclusive)
+        above = x > high or (x == high and not high_inclusive)
+        if below or above:
+            opening = "[" if low_inclusive else "("
+            closing = "]" if high_inclusive else ")"
+            raise L2SError(f"{where}: {name} = {x} is outside {opening}{low}, {high}{closing}")
+
+
+def method_parameters(
+    method_name: str, on: str | None, specs: list[tuple[str, dict[str, Any]]]
+) -> tuple[MergeMethod, dict[str, Any]]:
+    """Check the parameter specs given for `method_name` (`on`: its inner method) and return
+    the method and every parameter name it accepts -> default. `specs`: (where, params)."""
+    from l2smerge.methods import get_method
+
+    method = get_method(method_name)
+    allowed = {k: v for k, v in method.params.items() if k != "on"}
+    if on is not None and "on" not in method.params:
+        raise L2SError(f"method {method_name!r} does not wrap another method; drop --on")
+    inner_name = on if on is not None else method.params.get("on")
+    if inner_name is not None:  # `aim` without --on wraps its default inner method
+        inner = get_method(inner_name)
+        allowed = {**inner.params, **allowed}
+    for where, params in specs:
+        for name, value in params.items():
+            if name not in allowed:
+                takes = ", ".join(sorted(allowed)) or "no parameters"
+                raise L2SError(
+                    f"{where}: method {method_name!r} has no parameter {name!r} (takes: {takes})"
+                )
+            check_parameter(name, value, allowed[name], where)
+    return method, allowed
 
 
 class ParameterResolver:
