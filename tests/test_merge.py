@@ -369,10 +369,17 @@ def test_existing_output_needs_force(trio, tmp_path, monkeypatch, capsys):
     args = ["merge", "--base", base, "--model", m1, "--method", "task_arithmetic", "-o", out]
     code, err = cli(monkeypatch, capsys, *args)
     assert code == 2 and "already exists" in err and (out / "keep.txt").exists()
-    code, err = cli(monkeypatch, capsys, *args, "--force")
+    code, err = cli(monkeypatch, capsys, *args, "--force")  # not a merge output: refused
+    assert code == 2 and "only replaces an earlier l2smerge merge output" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    before = (out / "model.safetensors").read_bytes()
+    code, err = cli(monkeypatch, capsys, *args, "--alpha", "0.2", "--force")  # an earlier one
     assert code == 0, err
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+    assert (out / "model.safetensors").read_bytes() != before
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no hidden leftovers
 
 
 @pytest.mark.parametrize(

@@ -78,17 +78,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_showwarning = warnings.showwarning
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr, with secrets masked; the message is plain text (a path or a
+    server's reply with `[...]` or `:x:` in it is printed as is, not as rich markup)."""
+    from rich.text import Text
+
+    from l2smerge.util.redact import redact
+
+    line = " ".join(redact(message).split())  # one line, whatever the message held
+    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
+
+
 def main() -> None:
     warnings.showwarning = _show_warning
     try:
         app()
     except L2SError as exc:
-        # escaped: a message is text ("pip install 'l2smerge[vllm]'"), never rich markup
-        message = escape(str(exc))
-        Console(stderr=True).print(
-            f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True
-        )
+        _print_error(str(exc))
         sys.exit(L2SError.exit_code)
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]")
         sys.exit(130)
+    except BrokenPipeError:  # output piped into a reader that stopped (| head)
+        sys.exit(1)
+    except OSError as exc:  # disk full, read-only, permission... where no step named it
+        from l2smerge.util.errors import describe_os_error
+
+        _print_error(describe_os_error(exc))
+        sys.exit(L2SError.exit_code)

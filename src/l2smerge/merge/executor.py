@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
+import json
 import math
 import os
 import shutil
@@ -34,11 +36,14 @@ from l2smerge.merge.checkpoint import (
     dtype_name,
     parse_size,
 )
-from l2smerge.merge.config import MergeConfig, ParameterResolver, check_range
+from l2smerge.merge.config import MergeConfig, ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod, get_method
 from l2smerge.methods.registry import uses_base
-from l2smerge.util.errors import L2SError, warn
+from l2smerge.util.device import check_device
+from l2smerge.util.errors import L2SError, warn, writing
+from l2smerge.util.lock import holds_lock
+from l2smerge.util.paths import resolved
 
 # lm_head name -> the embedding it is tied to, per architecture family.
 TIED_HEADS = {
@@ -91,29 +96,6 @@ class MergePlan:
 # -- checking and planning -------------------------------------------------------------------
 
 
-def method_parameters(config: MergeConfig) -> tuple[MergeMethod, dict[str, Any]]:
-    """The method and every parameter name it accepts -> default (inner method's too)."""
-    method = get_method(config.method)
-    allowed = {k: v for k, v in method.params.items() if k != "on"}
-    if config.on is not None and "on" not in method.params:
-        raise L2SError(f"method {config.method!r} does not wrap another method; drop --on")
-    inner_name = config.on if config.on is not None else method.params.get("on")
-    if inner_name is not None:  # `aim` without --on wraps its default inner method
-        inner = get_method(inner_name)
-        allowed = {**inner.params, **allowed}
-    for where, params in [("parameters", config.parameters)] + [
-        (f"models[{i}] ({m.path})", m.parameters) for i, m in enumerate(config.models)
-    ]:
-        for name, value in params.items():
-            if name not in allowed:
-                takes = ", ".join(sorted(allowed)) or "no parameters"
-                raise L2SError(
-                    f"{where}: method {config.method!r} has no parameter {name!r} (takes: {takes})"
-                )
-            check_range(name, value, where)
-    return method, allowed
-
-
 def _tied_source(ckpt: Checkpoint, name: str) -> str | None:
     if name in ckpt:
         return name
@@ -125,13 +107,31 @@ def _tied_source(ckpt: Checkpoint, name: str) -> str | None:
 
 
 def _num_layers(ckpt: Checkpoint) -> int:
-    cfg = ckpt.config.get("text_config", ckpt.config)
-    if isinstance(cfg.get("num_hidden_layers"), int):
-        return cfg["num_hidden_layers"]
+    """The number of decoder layers: config.json's num_hidden_layers when it is a positive
+    whole number, else counted from the tensor names."""
+    cfg = ckpt.config.get("text_config") or ckpt.config
+    layers = cfg.get("num_hidden_layers")
+    if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0:
+        return layers
     import re
 
     found = [int(m.group(1)) for n in ckpt.tensors if (m := re.search(r"\.(\d+)\.", n))]
     return max(found) + 1 if found else 1
+
+
+def _missing_tensor(
+    ckpt: Checkpoint, name: str, used: list[Checkpoint], reference: Checkpoint
+) -> str:
+    """Why `ckpt` cannot supply `name`, saying which inputs do have it."""
+    holders = [c for c in used if _tied_source(c, name) is not None]
+    if holders:
+        return f"{ckpt.path}: tensor {name!r} is missing (present in {holders[0].path})"
+    if name in TIED_HEADS:
+        return (
+            f"{ckpt.path}: tensor {name!r} is missing: no input stores an output head, and "
+            "not every input's config.json ties it to the embeddings (tie_word_embeddings)"
+        )
+    return f"{ckpt.path}: tensor {name!r} is missing (only {reference.path} has it)"
 
 
 def _dominant_float_dtype(ckpt: Checkpoint) -> torch.dtype:
@@ -189,13 +189,12 @@ def drop_base_copies(config: MergeConfig) -> MergeConfig:
 def plan_merge(config: MergeConfig) -> MergePlan:
     """Check the whole merge (method, parameters, inputs, tensor names and shapes) and plan it,
     without writing anything."""
-    method, allowed = method_parameters(config)
+    method, allowed = config.check_parameters()
     if not config.models:
         raise L2SError("no models to merge: pass at least one --model")
     if method.needs_base and config.base is None:
         raise L2SError(f"method {config.method!r} needs a base model: pass --base")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise L2SError(f"--device {config.device}: no CUDA device is available")
+    check_device(config.device)
 
     given = config
     if config.base is not None and uses_base(method, True):
@@ -205,15 +204,15 @@ def plan_merge(config: MergeConfig) -> MergePlan:
     checkpoints: dict[Path, Checkpoint] = {}
 
     def open_(path: Path) -> Checkpoint:
-        key = Path(path).resolve()
+        key = resolved(path)
         if key not in checkpoints:
             checkpoints[key] = Checkpoint(key, allow_pickle=config.allow_pickle)
         return checkpoints[key]
 
     models = [open_(p) for p in config.model_paths]
     base = open_(config.base) if config.base is not None else None
-    source_path = Path(config.config_source).resolve()
-    inputs = {c.path.resolve() for c in models} | ({base.path.resolve()} if base else set())
+    source_path = resolved(config.config_source)
+    inputs = {resolved(c.path) for c in models} | ({resolved(base.path)} if base else set())
     if config.tokenizer_from is not None and source_path not in inputs:
         raise L2SError(
             f"--tokenizer-from {config.tokenizer_from}: must be the base or one of the --model "
@@ -247,7 +246,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         for ckpt in used:
             stored = _tied_source(ckpt, name)
             if stored is None:
-                raise L2SError(f"{ckpt.path}: tensor {name!r} is missing (present in others)")
+                raise L2SError(_missing_tensor(ckpt, name, used, reference))
             sources.append((ckpt, stored))
         ref_stored = _tied_source(reference, name)
         assert ref_stored is not None
@@ -326,50 +325,35 @@ def _block_rows(shape: tuple[int, ...]) -> int | None:
 
 # -- output folder ---------------------------------------------------------------------------
 
+PROVENANCE = "l2smerge.json"
 
-def _pid_alive(pid: int) -> bool:
+
+def _not_replaceable(out: Path) -> str | None:
+    """Why --force must not replace `out`, or None when it is an earlier l2smerge merge output:
+    a folder holding l2smerge.json and nothing l2smerge did not write there."""
+    if not out.is_dir():
+        return "is a file, not an l2smerge merge output"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; rename it to `out` only if the block succeeds."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.partial-"
-    for stale in out.parent.glob(prefix + "*"):  # left by a killed merge
-        pid = stale.name[len(prefix) :]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f"{prefix}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            if not force:
-                raise L2SError(f"{out}: already exists; choose another -o or pass --force")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        record = json.loads((out / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"holds no readable {PROVENANCE}, so it is not an l2smerge merge output"
+    if not isinstance(record, dict) or "l2smerge_version" not in record:
+        return f"holds a {PROVENANCE} that l2smerge did not write"
+    written = record.get("files")
+    for entry in sorted(os.listdir(out)):
+        if entry == PROVENANCE:
+            continue
+        if entry.startswith(".") or not (out / entry).is_file() or (out / entry).is_symlink():
+            return f"holds {entry!r}, which no merge writes"
+        if isinstance(written, list) and entry not in written:
+            return f"holds {entry!r}, which the merge that made it did not write"
+    return None
 
 
 def check_output_path(out: Path, config: MergeConfig, *, force: bool) -> None:
-    out = out.resolve()
-    if out.exists() and not force:
-        raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+    """OUT may be written: new, or (with --force) an earlier merge output that holds nothing
+    else; never an input, a folder holding one, or the current folder."""
+    out = resolved(out)
     model_calibration = [m.calibration for m in config.models]
     for p in [
         config.base,
@@ -380,9 +364,82 @@ def check_output_path(out: Path, config: MergeConfig, *, force: bool) -> None:
     ]:
         if p is None:
             continue
-        p = Path(p).resolve()
+        p = resolved(p)
         if p == out or out in p.parents:
             raise L2SError(f"-o {out}: is (or holds) the input {p}; choose another output")
+    cwd = resolved(Path.cwd())
+    if cwd == out or out in cwd.parents:
+        raise L2SError(f"-o {out}: is (or holds) the current folder; choose another output")
+    if os.path.lexists(out):
+        if not force:
+            raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+        problem = _not_replaceable(out)
+        if problem:
+            raise L2SError(
+                f"{out}: --force only replaces an earlier l2smerge merge output, and this "
+                f"{problem}; nothing was changed (move your files or choose another -o)"
+            )
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the
+    system or file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder `.OUT.partial-PID` beside `out`; it becomes `out` only if the
+    block succeeds. With `force`, an existing `out` (an earlier merge output) is swapped out
+    in the same step and its files end up in the partial folder, which is then removed: no
+    moment without OUT, and nothing named otherwise left behind. The caller holds OUT's lock,
+    so every partial folder already there was left by a killed merge and is removed."""
+    out = resolved(out)
+    with writing(out.parent, "cannot create"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.partial-"
+    for stale in out.parent.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f"{prefix}{os.getpid()}"
+    with writing(tmp, "cannot create"):
+        tmp.mkdir()
+    try:
+        yield tmp
+        with writing(out, "cannot replace"):
+            if not os.path.lexists(out):
+                os.rename(tmp, out)
+                return
+            problem = _not_replaceable(out)
+            if not force or problem:
+                raise L2SError(f"{out}: appeared while merging and {problem or 'exists'}")
+            if not _exchange(tmp, out):  # no atomic swap here: move the old one aside first
+                old = out.parent / f"{prefix}{os.getpid()}-old"
+                os.rename(out, old)
+                try:
+                    os.rename(tmp, out)
+                except OSError:
+                    os.rename(old, out)  # put the earlier output back
+                    raise
+                tmp = old
+        shutil.rmtree(tmp, ignore_errors=True)  # the replaced output
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -404,12 +461,46 @@ def _read_job(job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     return tensors, ref
 
 
-def _finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf in t. aminmax propagates NaN and is ~20x faster than isfinite().all()."""
+def _extremes(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of t, NaN if it holds one; aminmax is ~20x faster than isfinite().all()."""
     if not t.numel():
-        return True
+        return 0.0, 0.0
     low, high = torch.aminmax(t)
+    return float(low), float(high)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in t."""
+    low, high = _extremes(t)
     return math.isfinite(low) and math.isfinite(high)
+
+
+def _overflow(low: float, high: float, dtype: torch.dtype) -> str | None:
+    """Why finite values in [low, high] do not fit `dtype` (they would become inf), or None."""
+    if not dtype.is_floating_point:
+        return None
+    limit = torch.finfo(dtype).max
+    if low >= -limit and high <= limit:
+        return None
+    worst = high if high > limit else low
+    return (
+        f"values reach {worst:.4g}, beyond {dtype_name(dtype)}'s range (±{limit:.4g}), so "
+        "they would be written as inf; choose --dtype bfloat16 or float32"
+    )
+
+
+def _check_reference_rows(job: TensorJob, rows: torch.Tensor, first_row: int) -> None:
+    """Vocabulary rows only the --tokenizer-from input has are copied, not merged: they get
+    the same checks as merged values (finite, and within the output dtype)."""
+    assert job.reference is not None
+    ckpt = job.reference[0]
+    low, high = _extremes(rows)
+    where = f"{ckpt.path}: tensor {job.name!r} (rows from {first_row}: vocabulary only it has)"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise L2SError(f"{where} holds NaN or Inf values")
+    problem = _overflow(low, high, job.dtype)
+    if problem:
+        raise L2SError(f"{where}: {problem}")
 
 
 def _merge_one(
@@ -463,18 +554,23 @@ def _merge_one(
             f"tensor {job.name!r}: {config.method} returned shape {tuple(result.shape)}, "
             f"expected {expected}"
         )
-    if not _finite(result):
+    low, high = _extremes(result)
+    if not (math.isfinite(low) and math.isfinite(high)):
         if linear:  # a non-finite input shows in a linear method's output: name its file
             check_inputs(inputs)
         raise L2SError(
             f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the method "
             "overflowed float32; check its parameters)"
         )
+    problem = _overflow(low, high, job.dtype)
+    if problem:
+        raise L2SError(f"tensor {job.name!r}: the merged {problem}")
     del inputs, tensors, base, kwargs  # free the float32 inputs before the output cast
     result = result.to(dtype=job.dtype, device="cpu")
     if rows is not None:
         # Vocabulary rule: rows every input has are merged, the rest are the reference's.
         assert ref is not None
+        _check_reference_rows(job, ref[rows:], rows)
         full = ref.to(job.dtype)
         full[:rows] = result
         return full
@@ -543,6 +639,7 @@ def _merge_blocks(
                 block_context = [*per_tensor, lambda _name, o=offset: {"block_offset": o}]
             writer.write(job.name, _merge_one(plan, block_job, raw, None, resolver, block_context))
         else:
+            _check_reference_rows(job, raw[0], shared)
             writer.write(job.name, raw[0].to(job.dtype))
     return read_bytes
 
@@ -569,10 +666,15 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
     config = plan.config
     resolver = ParameterResolver(config, plan.allowed, plan.num_layers)
     per_tensor: list[Callable[[str], dict[str, Any]]] = []
-    if config.on is not None and get_method(config.on).prepare is not None:
-        per_tensor.append(get_method(config.on).prepare(config))
-    if plan.method.prepare is not None:
-        per_tensor.append(plan.method.prepare(config))
+    if not progress:  # calibration loads models: no transformers bars either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    for method in ([get_method(config.on)] if config.on is not None else []) + [plan.method]:
+        if method.prepare is not None:
+            takes_progress = "progress" in inspect.signature(method.prepare).parameters
+            options = {"progress": progress} if takes_progress else {}
+            per_tensor.append(method.prepare(config, **options))
 
     _keep_freed_memory()
     writer = ShardedWriter(
@@ -644,24 +746,28 @@ def resolved_parameters(plan: MergePlan) -> dict[str, Any]:
     }
 
 
+@holds_lock("out", beside=True)
 def run_merge(
     config: MergeConfig, out: Path, *, progress: bool = True, force: bool = False
 ) -> Path:
-    """Merge as `config` says into the model folder `out` (atomically). Returns `out`."""
-    out = Path(out).resolve()
+    """Merge as `config` says into the model folder `out` (atomically, one merge per OUT at
+    a time). Returns `out`."""
+    out = resolved(out)
     config = config.relative_to(Path.cwd())
     check_output_path(out, config, force=force)
     plan = plan_merge(config)
     fingerprints = Fingerprinter({str(c.path): c.files for c in plan.checkpoints.values()}).start()
     with atomic_output(out, force=force) as tmp:
         output = execute(plan, tmp, progress=progress)
-        _write_config(plan, tmp)
+        with writing(tmp / "config.json"):
+            _write_config(plan, tmp)
         copy_side_files(plan.reference.path, tmp)
-        write_provenance(
-            tmp,
-            config,  # the recipe as given: rerun, it leaves out the same models again
-            parameters=resolved_parameters(plan),
-            fingerprints=fingerprints.join(),
-            output=output,
-        )
+        with writing(tmp / PROVENANCE):
+            write_provenance(
+                tmp,
+                config,  # the recipe as given: rerun, it leaves out the same models again
+                parameters=resolved_parameters(plan),
+                fingerprints=fingerprints.join(),
+                output=output,
+            )
     return out

@@ -189,6 +189,8 @@ def write_provenance(
         "config_from": str(config.config_source),
         "output": output,
         "config": config.model_dump(mode="json"),
+        # every file of the output folder: `merge --force` replaces a folder holding no other
+        "files": sorted({*os.listdir(out), "l2smerge.json", "merge.yaml", "README.md"}),
     }
     (out / "l2smerge.json").write_text(json.dumps(record, indent=2) + "\n")
     recipe = config.to_yaml()
