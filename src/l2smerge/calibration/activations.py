@@ -25,6 +25,7 @@ from l2smerge.calibration.data import (
 from l2smerge.calibration.models import (
     causal_mask,
     decoder_parts,
+    load_config,
     load_full_model,
     materialise,
     progress_bar,
@@ -104,14 +105,14 @@ def activation_importance(
     whole model is loaded with hooks.
     Samples run one at a time without padding, so no attention mask is needed beyond causal.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from l2smerge.merge.checkpoint import Checkpoint
 
     model_path = Path(model_path)
     ids = tokenize(model_path, samples, max_tokens)
     stats = _ChannelMeans()
-    config = AutoConfig.from_pretrained(model_path)
+    config = load_config(model_path)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     parts = decoder_parts(skeleton) if stream else None

@@ -80,8 +80,11 @@ def render_sample(sample: Sample, tokenizer: Any = None) -> str:
 def tokenize(model_path: Path, samples: Sequence[Sample], max_tokens: int) -> list[torch.Tensor]:
     from transformers import AutoTokenizer
 
+    from l2smerge.calibration.models import refuse_custom_code
+
+    refuse_custom_code(model_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
     except Exception as exc:
         raise L2SError(f"{model_path}: cannot load its tokenizer ({exc})") from exc
     ids = []

@@ -27,13 +27,41 @@ def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callab
         yield lambda: bar.advance(task)
 
 
+def refuse_custom_code(model_path: Path) -> None:
+    """Calibration runs the model through transformers' own implementation of its
+    architecture, never code shipped with the model (`auto_map`, trust_remote_code)."""
+    from l2smerge.util.jsonl import read_json
+
+    config_path = Path(model_path) / "config.json"
+    config = read_json(config_path, "model config") if config_path.is_file() else {}
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise L2SError(
+            f"{config_path}: the model needs its own code (auto_map), which l2smerge never "
+            "runs; calibration (AIM, Sens) needs an architecture transformers implements"
+        )
+
+
+def load_config(model_path: Path) -> Any:
+    """The model's transformers config (no custom code), or a one-line error."""
+    from transformers import AutoConfig
+
+    refuse_custom_code(model_path)
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=False)
+    except Exception as exc:  # OSError, ValueError, KeyError (unknown model_type) ...
+        raise L2SError(f"{model_path}: cannot read its config ({exc})") from None
+
+
 def load_full_model(model_path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    refuse_custom_code(model_path)
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=False
+        )
     except Exception as exc:
         raise L2SError(f"{model_path}: cannot load the model ({exc})") from exc
     return model.to(device).eval()

@@ -13,7 +13,6 @@ place they are computed.
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from l2smerge.eval.metrics import (
 from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from l2smerge.util.errors import L2SError
+from l2smerge.util.jsonl import iter_jsonl
 
 QUESTION_FIELDS = ("question", "problem")
 Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
@@ -295,8 +295,8 @@ class _QuestionLookup:
             path = self.data_dir / bench / "test.jsonl"
             rows: list[str | None] = []
             if path.is_file():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    row = json.loads(line) if line.strip() else {}
+                for lineno, row in iter_jsonl(path):  # rows[i] is line i + 1 (ids)
+                    rows.extend([None] * (lineno - 1 - len(rows)))
                     rows.append(next((row[f] for f in QUESTION_FIELDS if f in row), None))
             self.cache[bench] = rows
         rows = self.cache[bench]

@@ -50,6 +50,8 @@ from l2smerge.eval.identity import check_same_protocol
 from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic
 from l2smerge.util.errors import L2SError
+from l2smerge.util.jsonl import read_text
+from l2smerge.util.lock import holds_lock
 
 POINTS_FILE = "points.jsonl"
 PROVENANCE = "l2smerge.json"
@@ -197,7 +199,7 @@ class Sweep:
         path = self.out / POINTS_FILE
         records: dict[str, dict[str, Any]] = {}
         if path.is_file():
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for lineno, line in enumerate(read_text(path, "points file").splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -219,7 +221,7 @@ class Sweep:
         if not path.is_file():
             return
         try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
+            earlier = json.loads(read_text(path, "sweep record"))
         except json.JSONDecodeError:
             raise L2SError(
                 f"{path}: not valid JSON; remove it to start this sweep afresh"
@@ -605,6 +607,7 @@ def _on_coverage(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@holds_lock("out_dir")  # one process per sweep folder
 def run_sweep(
     spec: SweepSpec | dict[str, Any] | str | Path,
     out_dir: str | Path,

@@ -37,13 +37,16 @@ from l2smerge.eval.prompts import TOOLKIT_STOP, PromptBuilder, resolve_prompt_na
 from l2smerge.eval.reflection import count_reflections
 from l2smerge.eval.runs import RunDir
 from l2smerge.eval.session import session_record
+from l2smerge.util.device import check_device
 from l2smerge.util.errors import L2SError
+from l2smerge.util.lock import holds_lock
 
 # The study's generation limits: System 2 and merged models vs System 1 (few-shot).
 DEFAULT_MAX_TOKENS = 10240
 DEFAULT_MAX_TOKENS_FEWSHOT = 8192
 
 
+@holds_lock("out_dir")  # one process per run directory
 def evaluate(
     model: str | Path,
     benches: str | Sequence[str] | None,
@@ -109,6 +112,10 @@ def evaluate(
         max_tokens = DEFAULT_MAX_TOKENS_FEWSHOT if fewshot else DEFAULT_MAX_TOKENS
     if max_tokens < 1:
         raise L2SError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if batch_size is not None and batch_size < 1:
+        raise L2SError(f"--batch-size must be at least 1, got {batch_size}")
+    if device is not None:
+        check_device(device)
 
     model_id = model_identity(model, backend, allow_pickle=allow_pickle, responses=responses)
     with quiet_transformers(show_bars=progress and not quiet):

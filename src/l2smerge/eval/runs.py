@@ -18,8 +18,10 @@ from typing import Any, TextIO
 
 from l2smerge.eval.identity import identity_differences, protocol_of
 from l2smerge.util.atomic import write_json_atomic
-from l2smerge.util.errors import L2SError
-from l2smerge.util.jsonl import parse_object
+from l2smerge.util.errors import L2SError, writing
+from l2smerge.util.jsonl import parse_object, read_json
+
+_KEPT = "the results so far are kept: free space and rerun to resume"
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -117,10 +119,9 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     summary: dict[str, Any] = {}
     summary_path = path / SUMMARY
     if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise L2SError(f"{summary_path}: not valid JSON ({exc.msg})") from None
+        summary = read_json(summary_path, "run summary")
+        if not isinstance(summary, dict):
+            raise L2SError(f"{summary_path}: a run summary is a JSON object")
     info = read_run_info(path)
     return Run(
         path=path,
@@ -216,11 +217,13 @@ class RunDir:
         return records
 
     def _append(self, path: Path, row: dict[str, Any]) -> None:
-        if path not in self._out:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._out[path] = path.open("a", encoding="utf-8")
-        self._out[path].write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._out[path].flush()
+        # a failed write (disk full) leaves at most a cut last line, which a rerun drops
+        with writing(path, then=_KEPT):
+            if path not in self._out:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._out[path] = path.open("a", encoding="utf-8")
+            self._out[path].write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._out[path].flush()
 
     def append(self, record: dict[str, Any]) -> None:
         self._append(self.results_path, record)
@@ -229,9 +232,10 @@ class RunDir:
         self._append(self.prompts_path, row)
 
     def close(self) -> None:
-        for out in self._out.values():
-            out.close()
-        self._out.clear()
+        outs, self._out = self._out, {}
+        for path, out in outs.items():
+            with writing(path, then=_KEPT):
+                out.close()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary_path, summary)

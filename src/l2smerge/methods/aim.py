@@ -50,7 +50,7 @@ def _check_inner(on: str) -> None:
     get_method(on)  # an unknown name is a clear error here, before any statistics
 
 
-def prepare_aim(config: Any) -> Callable[[str], dict[str, Any]]:
+def prepare_aim(config: Any, *, progress: bool = True) -> Callable[[str], dict[str, Any]]:
     """Compute (or load from the cache) the base's activation importances once per merge."""
     from l2smerge import calibration
 
@@ -71,7 +71,7 @@ def prepare_aim(config: Any) -> Callable[[str], dict[str, Any]]:
     if not isinstance(relax, bool):
         raise L2SError("aim: relax_head_and_norms is true or false, once for the whole model")
     importance = calibration.aim_importance(
-        config.base, config.calibration, fields=fields, device=config.device
+        config.base, config.calibration, fields=fields, device=config.device, progress=progress
     )
     if not relax:
         from l2smerge.calibration.activations import output_head_name

@@ -35,10 +35,11 @@ MethodFn = Callable[..., torch.Tensor]
 # task_vector_blocks(k) yields model k's task vector (float32) one block of rows at a time.
 BlockStatsFn = Callable[..., dict[str, Any]]
 # A method that needs statistics (AIM's activations, Sens's sensitivities) registers a
-# `prepare(config) -> per_tensor` hook. The executor calls it once before the tensor loop;
-# `per_tensor(tensor_name)` returns extra keyword arguments for that tensor: context values
-# (e.g. {"importance": I}) and/or per-tensor parameter overrides (e.g. {"alpha": [0.8]}).
-PrepareFn = Callable[[Any], Callable[[str], dict[str, Any]]]
+# `prepare(config) -> per_tensor` hook (it may take a keyword `progress`: whether progress
+# bars may show). The executor calls it once before the tensor loop; `per_tensor(name)`
+# returns extra keyword arguments for that tensor: context values (e.g. {"importance": I})
+# and/or per-tensor parameter overrides (e.g. {"alpha": [0.8]}).
+PrepareFn = Callable[..., Callable[[str], dict[str, Any]]]
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def calibration_per_model(config: Any) -> tuple[list[Path], list[tuple[str, ...]
     return files, fields
 
 
-def prepare_sens(config: Any) -> Callable[[str], dict[str, Any]]:
+def prepare_sens(config: Any, *, progress: bool = True) -> Callable[[str], dict[str, Any]]:
     """Sensitivities and alignment (cached), then λ_k^l for every layer; per tensor, its
     layer's coefficients as the `alpha` list (tensors outside every layer keep α)."""
     from l2smerge import calibration
@@ -72,6 +72,7 @@ def prepare_sens(config: Any) -> Callable[[str], dict[str, Any]]:
         files,
         fields=fields,
         device=config.device,
+        progress=progress,
     )
     active = set(calibration.active_models(sensitivities))
     for k, model in enumerate(config.models):

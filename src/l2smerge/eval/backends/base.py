@@ -50,7 +50,7 @@ def load_tokenizer(path: str, what: str = "tokenizer") -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never asks
     except Exception as exc:  # transformers raises OSError, ValueError, ... for bad paths
         raise L2SError(f"cannot load the {what} from {path!r}: {exc}".splitlines()[0]) from None
 

@@ -51,7 +51,7 @@ class HFBackend:
             raise L2SError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         try:
             self.model, info = AutoModelForCausalLM.from_pretrained(
-                model, dtype=torch_dtype, output_loading_info=True
+                model, dtype=torch_dtype, output_loading_info=True, trust_remote_code=False
             )
         except Exception as exc:  # OSError, ValueError, ... for a bad path or config
             raise L2SError(f"cannot load model {model!r}: {exc}".splitlines()[0]) from None

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible endpoint (vLLM serve, SGLang, llama.cpp, `transformers serve`, ...):
 bounded concurrency, retries with exponential backoff on 429, 5xx and network errors, a
 per-request timeout. The API key comes from an environment variable and is only ever put in
-the Authorization header: never printed, logged or written (a reply echoing it is redacted).
+the Authorization header: never printed, logged or written (a server's text quoted in an
+error, and a reply echoing the key, pass through util.redact).
 
 A raw prompt (`qwen25-math-cot`, `fewshot`, a file) goes to /v1/completions as its exact text
 (a chat endpoint would wrap it in the server's template); `chat` goes to /v1/chat/completions
@@ -13,7 +14,6 @@ counted with `--tokenizer` when given (what is left after the cut), else the ser
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,16 +29,33 @@ from l2smerge.eval.backends.base import (
     load_tokenizer,
 )
 from l2smerge.util.errors import L2SError
+from l2smerge.util.redact import redact
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER_S = 60.0
 API_CHOICES = ("auto", "chat", "completions")
-_BEARER = re.compile(r"(?i)bearer\s+[^\s\"',]+")
 
 
 class ServerError(Exception):
     """A request that failed for good; carries a message safe to show (no headers)."""
+
+
+def check_base_url(base_url: str) -> str:
+    """An http(s) URL with a host and a valid port, else a one-line error (printed without
+    any password the URL holds)."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise L2SError(f"--base-url {redact(base_url)!r}: not a valid URL ({exc})") from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise L2SError(f"--base-url {redact(base_url)!r}: port {url.port} is not 1 .. 65535")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise L2SError(
+            f"--base-url {redact(base_url)!r}: expected http(s)://HOST[:PORT]/..., e.g. "
+            "http://127.0.0.1:8000/v1"
+        )
+    return base_url
 
 
 class OpenAIBackend:
@@ -64,9 +81,8 @@ class OpenAIBackend:
             )
         if api not in API_CHOICES:
             raise L2SError(f"--api must be one of {', '.join(API_CHOICES)}, got {api!r}")
-        if not base_url.startswith(("http://", "https://")):
-            raise L2SError(f"--base-url {base_url!r}: expected http://HOST:PORT/v1")
-        if concurrency < 1 or retries < 0 or timeout <= 0:
+        check_base_url(base_url)
+        if concurrency < 1 or retries < 0 or not 0 < timeout < float("inf"):
             raise L2SError("--concurrency and --timeout must be positive, --retries >= 0")
         self.model = model
         self.api = api
@@ -115,9 +131,9 @@ class OpenAIBackend:
         return body
 
     def _redact(self, text: str) -> str:
-        if self._key:
-            text = text.replace(self._key, "***")
-        return _BEARER.sub("Bearer ***", text)
+        """`text` (a server's, which may echo our headers) with the key and anything shaped
+        like a credential masked."""
+        return redact(text, [self._key])
 
     def _post(self, request: Request, max_tokens: int) -> dict[str, Any]:
         api = self.api_for(request.prompt.raw)
@@ -130,6 +146,8 @@ class OpenAIBackend:
                 reply = self.client.post(endpoint, json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 problem = f"{type(exc).__name__}"
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # retrying will not help
+                raise ServerError(self._redact(f"{endpoint} failed for {what}: {exc}")) from None
             else:
                 if reply.status_code == 200:
                     try:
@@ -148,7 +166,9 @@ class OpenAIBackend:
                     )
             if attempt < self.retries:
                 time.sleep(wait_s)
-        raise ServerError(f"{endpoint} failed for {what} after {self.retries} retries ({problem})")
+        raise ServerError(
+            self._redact(f"{endpoint} failed for {what} after {self.retries} retries ({problem})")
+        )
 
     def _generation(self, request: Request, reply: Any) -> Generation:
         endpoint = self.endpoint(self.api_for(request.prompt.raw))
@@ -169,6 +189,8 @@ class OpenAIBackend:
                 text = f"{reasoning}\n{text}"
         else:
             text = _text(choice.get("text"), what)
+        if self._key:  # a server that echoes the key never gets it written to results
+            text = text.replace(self._key, "***")
         text, stopped = cut_at_stop(text, request.prompt.stop)
         tokens = count_tokens(self.tokenizer, text)
         if tokens is None:
