@@ -455,9 +455,10 @@ def test_a_failing_point_is_named(pair, data_dir, tmp_path):
         grid=[],
         reference=None,
         report=False,
-        points=[{"method": "ties", "alpha": 1.0, "density": 1.5}],
+        # twin's rank >= 1 is the method's own check, made at its first tensor
+        points=[{"method": "twin", "rank": 0}],
     )
-    with pytest.raises(L2SError, match=r"sweep point ties\(alpha=1,density=1.5\): .*density"):
+    with pytest.raises(L2SError, match=r"sweep point twin\(rank=0\): .*rank"):
         run_sweep(spec, tmp_path / "s", progress=False)
     assert not (tmp_path / "s" / "points.jsonl").exists()
 
