@@ -298,10 +298,10 @@ def test_force_refuses_anything_but_an_earlier_output(pair, tmp_path, monkeypatc
 def test_force_replaces_an_earlier_output_and_leaves_nothing_else(
     pair, tmp_path, monkeypatch, capsys, atomic_swap
 ):
-    import l2smerge.merge.executor as executor
+    import l2smerge.util.atomic as atomic
 
     if not atomic_swap:  # a system without renameat2: the two-rename fallback
-        monkeypatch.setattr(executor, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     base, model, _ = pair
     out = tmp_path / "out"
     args = [
@@ -947,6 +947,7 @@ def test_sweep_checks_every_point_before_any_runs(pair, tmp_path, monkeypatch, c
         "search: {method: ties, params: {density: [0.1, 2.0]}, trials: 2}\n": "density = 2.0",
         "points: [{method: average}]\nmerge: {dtype: int8}\n": "merge.dtype: expected 'bfloat16'",
         "points: [{method: average}]\nmerge: {device: tpu}\n": "merge.device: 'tpu'",
+        "points: [{method: ties}]\n": "base: ties needs a base model",
         "grid:\n  - {method: task_arithmetic, alpha: [0.1, 0.2, 0.3], "
         + ", ".join(f"x{i}: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" for i in range(5))
         + "}\n": "300000 combinations",
@@ -958,7 +959,8 @@ def test_sweep_checks_every_point_before_any_runs(pair, tmp_path, monkeypatch, c
         )
         one_line(code, err, "s.yaml", expected)
         assert not (tmp_path / "sweep").exists()  # nothing ran, nothing was written
-    (tmp_path / "s.yaml").write_text(head + "points:\n  - {method: aim, on: ties, omega: 0.4}\n")
+    on = f"base: {model}\npoints:\n  - {{method: aim, on: ties, omega: 0.4}}\n"
+    (tmp_path / "s.yaml").write_text(head + on)
     points = load_sweep(tmp_path / "s.yaml").points
     assert points == [{"method": "aim", "on": "ties", "omega": 0.4}]
 

@@ -84,10 +84,12 @@ def test_executor_passes_tensors_params_context_and_prepare_overrides(trio, tmp_
 
 def test_inner_parameters_are_only_accepted_with_on(trio, tmp_path):
     base, models = trio
-    config = MergeConfig.build(
-        method="test_probe", models=models, base=base, parameters={"density": 0.3}
-    )
-    with pytest.raises(L2SError, match="no parameter 'density'"):
+    with pytest.raises(L2SError, match="no parameter 'density'"):  # refused when built
+        MergeConfig.build(
+            method="test_probe", models=models, base=base, parameters={"density": 0.3}
+        )
+    config = MergeConfig(method="test_probe", models=models, base=base, parameters={"density": 0.3})
+    with pytest.raises(L2SError, match="no parameter 'density'"):  # and by the merge
         run_merge(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 

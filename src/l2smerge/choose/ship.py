@@ -23,8 +23,14 @@ from typing import Any
 import yaml
 
 from l2smerge.choose.sweep_spec import SweepSpec, merge_config
-from l2smerge.util.atomic import temp_dir_beside, write_json_atomic, write_text_atomic
+from l2smerge.util.atomic import (
+    replace_folder,
+    temp_dir_beside,
+    write_json_atomic,
+    write_text_atomic,
+)
 from l2smerge.util.errors import L2SError
+from l2smerge.util.lock import exclusive
 
 CHOSEN = "chosen"
 MARKER = "sweep_point.json"  # in chosen/: which point it holds
@@ -171,17 +177,6 @@ def _link_or_copy_tree(source: Path, dest: Path) -> None:
     shutil.copytree(source, dest, copy_function=link)
 
 
-def _replace_folder(source: Path, dest: Path) -> None:
-    """Move the finished `source` onto `dest`, replacing what was there only now."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-        os.replace(source, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, dest)
-
-
 # ------------------------------------------------------------------ chosen/ and export
 
 
@@ -210,7 +205,7 @@ def write_chosen(
             build_point_model(
                 spec, record, sweep_dir / "points" / record["id"], work / "model", progress=progress
             )
-            _replace_folder(work / "model", target)
+            replace_folder(work / "model", target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finish_model_folder(
@@ -278,8 +273,23 @@ def export_point(
     sweep_dir, out = Path(sweep_dir), Path(out)
     spec, records, selection = load_sweep_dir(sweep_dir)
     record = find_point(records, point, selection)
-    if out.exists() and not force:
-        raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+    with exclusive(out, beside=True):  # one writer per OUT, as for `l2smerge merge`
+        return _export(sweep_dir, spec, record, selection, out, force=force, progress=progress)
+
+
+def _export(
+    sweep_dir: Path,
+    spec: SweepSpec,
+    record: dict[str, Any],
+    selection: dict[str, Any] | None,
+    out: Path,
+    *,
+    force: bool,
+    progress: bool,
+) -> Path:
+    from l2smerge.merge.executor import check_replaceable
+
+    check_replaceable(out, force=force)
     pareto_file = sweep_dir / "pareto.json"
     reference = (
         json.loads(pareto_file.read_text(encoding="utf-8")).get("reference")
@@ -299,7 +309,7 @@ def export_point(
             reference=reference,
             model_path=str(out),
         )
-        _replace_folder(work / "model", out)
+        replace_folder(work / "model", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

@@ -40,6 +40,7 @@ from l2smerge.merge.config import MergeConfig, ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod, get_method
 from l2smerge.methods.registry import uses_base
+from l2smerge.util.atomic import replace_folder
 from l2smerge.util.device import check_device
 from l2smerge.util.errors import L2SError, warn, writing
 from l2smerge.util.lock import holds_lock
@@ -328,9 +329,9 @@ def _block_rows(shape: tuple[int, ...]) -> int | None:
 PROVENANCE = "l2smerge.json"
 
 
-def _not_replaceable(out: Path) -> str | None:
-    """Why --force must not replace `out`, or None when it is an earlier l2smerge merge output:
-    a folder holding l2smerge.json and nothing l2smerge did not write there."""
+def merge_output_problem(out: Path) -> str | None:
+    """Why `--force` must not replace `out`, or None when it is an earlier l2smerge merge
+    output: a folder holding l2smerge.json and nothing l2smerge did not write there."""
     if not out.is_dir():
         return "is a file, not an l2smerge merge output"
     try:
@@ -370,45 +371,30 @@ def check_output_path(out: Path, config: MergeConfig, *, force: bool) -> None:
     cwd = resolved(Path.cwd())
     if cwd == out or out in cwd.parents:
         raise L2SError(f"-o {out}: is (or holds) the current folder; choose another output")
-    if os.path.lexists(out):
-        if not force:
-            raise L2SError(f"{out}: already exists; choose another -o or pass --force")
-        problem = _not_replaceable(out)
-        if problem:
-            raise L2SError(
-                f"{out}: --force only replaces an earlier l2smerge merge output, and this "
-                f"{problem}; nothing was changed (move your files or choose another -o)"
-            )
+    check_replaceable(out, force=force)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the
-    system or file system cannot."""
-    import ctypes
-    import errno
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-    renameat2.argtypes += [ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+def check_replaceable(out: Path, *, force: bool) -> None:
+    """A folder may be written at `out`: nothing is there, or (with --force) an earlier
+    l2smerge merge output (also used by `l2smerge export`)."""
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise L2SError(f"{out}: already exists; choose another -o or pass --force")
+    problem = merge_output_problem(out)
+    if problem:
+        raise L2SError(
+            f"{out}: --force only replaces an earlier l2smerge merge output, and this "
+            f"{problem}; nothing was changed (move your files or choose another -o)"
+        )
 
 
 @contextlib.contextmanager
 def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder `.OUT.partial-PID` beside `out`; it becomes `out` only if the
-    block succeeds. With `force`, an existing `out` (an earlier merge output) is swapped out
-    in the same step and its files end up in the partial folder, which is then removed: no
-    moment without OUT, and nothing named otherwise left behind. The caller holds OUT's lock,
-    so every partial folder already there was left by a killed merge and is removed."""
+    block succeeds (util.atomic.replace_folder: with `force`, an earlier merge output at `out`
+    is swapped out in the same step, then removed). The caller holds OUT's lock, so every
+    partial folder already there was left by a killed merge and is removed."""
     out = resolved(out)
     with writing(out.parent, "cannot create"):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -420,23 +406,12 @@ def atomic_output(out: Path, *, force: bool = False) -> Iterator[Path]:
         tmp.mkdir()
     try:
         yield tmp
-        with writing(out, "cannot replace"):
-            if not os.path.lexists(out):
-                os.rename(tmp, out)
-                return
-            problem = _not_replaceable(out)
+        if os.path.lexists(out):
+            problem = merge_output_problem(out)
             if not force or problem:
                 raise L2SError(f"{out}: appeared while merging and {problem or 'exists'}")
-            if not _exchange(tmp, out):  # no atomic swap here: move the old one aside first
-                old = out.parent / f"{prefix}{os.getpid()}-old"
-                os.rename(out, old)
-                try:
-                    os.rename(tmp, out)
-                except OSError:
-                    os.rename(old, out)  # put the earlier output back
-                    raise
-                tmp = old
-        shutil.rmtree(tmp, ignore_errors=True)  # the replaced output
+        with writing(out, "cannot replace"):
+            replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

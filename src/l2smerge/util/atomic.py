@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,3 +69,46 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def write_jsonl_atomic(path: str | Path, rows: Iterable[Any]) -> Path:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return write_text_atomic(path, text)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the
+    system or file system cannot."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_folder(source: Path, dest: Path) -> None:
+    """Put the finished folder `source` (a temporary name beside `dest`) at `dest`. A folder
+    already at `dest` is swapped out in the same atomic step and its files end up under
+    `source`'s name, then removed: there is no moment without `dest`, and nothing is left
+    under another name (a process killed during that last removal leaves only `source`'s
+    temporary name, which the next writer of `dest` cleans up). Where the system cannot swap
+    atomically, the old folder is moved aside under `source`'s name plus "-old" first."""
+    if not os.path.lexists(dest):
+        os.rename(source, dest)
+        return
+    if not _exchange(source, dest):
+        old = source.with_name(source.name + "-old")
+        os.rename(dest, old)
+        try:
+            os.rename(source, dest)
+        except OSError:
+            os.rename(old, dest)  # put the earlier folder back
+            raise
+        source = old
+    shutil.rmtree(source, ignore_errors=True)
