@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from l2smerge.util.errors import L2SError
+from l2smerge.util.errors import L2SError, describe_os_error
 
 CACHE_VERSION = 3  # bump when a statistic's definition changes: old entries are then ignored
 
@@ -29,9 +29,11 @@ def model_fingerprint(path: str | Path) -> str:
     config.json, then per weight file its name, size, header and three sampled 64 KiB blocks
     (start, middle, end of the data). Two checkpoints that differ only in a few untouched
     bytes could collide; fine-tuned children of one base, or any re-saved model, do not."""
+    from l2smerge.merge.checkpoint import confined
+
     path = Path(path)
     digest = hashlib.sha256()
-    config = path / "config.json"
+    config = confined(path, "config.json", "config.json")
     if not config.is_file():
         raise L2SError(f"{path}: not a model directory (no config.json)")
     digest.update(config.read_bytes())
@@ -40,12 +42,18 @@ def model_fingerprint(path: str | Path) -> str:
     if not weight_files:
         raise L2SError(f"{path}: no *.safetensors weights to fingerprint")
     for file in weight_files:
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with open(file, "rb") as fh:
-            for offset in (0, max(0, size // 2 - 32768), max(0, size - 65536)):
-                fh.seek(offset)
-                digest.update(fh.read(65536))
+        file = confined(path, file.name, "weight file")  # nothing outside the folder is read
+        if not file.is_file():  # a FIFO would block the read forever
+            raise L2SError(f"{file}: weight file is not a regular file")
+        try:
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as fh:
+                for offset in (0, max(0, size // 2 - 32768), max(0, size - 65536)):
+                    fh.seek(offset)
+                    digest.update(fh.read(65536))
+        except OSError as exc:
+            raise L2SError(describe_os_error(exc, file, "cannot read")) from None
     return digest.hexdigest()
 
 

@@ -144,7 +144,7 @@ def _dominant_float_dtype(ckpt: Checkpoint) -> torch.dtype:
 
 
 def _same_checkpoint(a: Path, b: Path, b_fingerprint: str | None) -> bool:
-    if Path(a).resolve() == Path(b).resolve():
+    if resolved(a) == resolved(b):
         return True
     if b_fingerprint is None:
         return False
