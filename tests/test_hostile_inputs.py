@@ -544,7 +544,7 @@ def test_custom_code_base_for_aim_is_refused_without_running_it(
     [
         ("bench_not_utf8", "test.jsonl:5: not valid UTF-8 (byte 0xe9"),
         ("replay_not_utf8", "r.jsonl:2: not valid UTF-8"),
-        ("prompt_not_utf8", "t.txt:1: not valid UTF-8"),
+        ("prompt_not_utf8", "t.txt: cannot read the prompt template"),
         ("device_tpu", "--device 'tpu': not a device"),
         ("batch_size_0", "--batch-size must be at least 1"),
         ("out_under_a_file", "afile: is a file, not a folder"),
@@ -630,13 +630,13 @@ def _reply(content, usage=None, **message):
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
-        (_reply("\\boxed{1}", usage="lots"), "usage is a string, not an object"),
-        ({"choices": [{"index": 0, "message": None}]}, "choices[0].message is null"),
-        (_reply([{"type": "text", "text": "\\boxed{1}"}]), "content is a list, not text"),
-        (_reply(42), "content is a number, not text"),
-        (_reply("x", usage={"completion_tokens": -3}), "completion_tokens is -3"),
-        (_reply("x", reasoning_content=5), "reasoning_content is a number"),
-        ([1, 2], "that is a list, not a JSON object"),
+        (_reply("\\boxed{1}", usage="lots"), "without a token count"),
+        ({"choices": [{"index": 0, "message": None}]}, "whose message is not an object"),
+        (_reply([1, 2]), "whose text is a list"),
+        (_reply(42), "whose text is a int"),
+        (_reply("x", usage={"completion_tokens": -3}), "without a token count"),
+        (_reply("x", reasoning_content=5), "whose text is a int"),
+        ([1, 2], "without choices"),
         ({"choices": None}, "without choices"),
     ],
 )
@@ -816,6 +816,7 @@ def test_api_key_echoed_by_a_server_is_never_printed_or_written(tmp_path, lab_da
             "lab",
             "--data-dir",
             lab_data,
+            "--no-progress",
             "-o",
             tmp_path / "run",
         )

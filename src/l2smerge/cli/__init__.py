@@ -10,7 +10,6 @@ import warnings
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from l2smerge.util.errors import L2SError, L2SWarning
 
