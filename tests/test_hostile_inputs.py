@@ -1020,3 +1020,32 @@ def test_missing_head_names_who_has_it(pair, tmp_path, monkeypatch, capsys):
     assert "present in" not in line and "no input stores" in line
     args = ["--base", base, "--model", headless[1], "--method", "task_arithmetic"]
     merge_fails(monkeypatch, capsys, tmp_path, args, f"(present in {base})")
+
+
+def test_password_in_the_base_url_is_never_printed_or_written(tmp_path, lab_data):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://user:{SECRET}@127.0.0.1:{port}/v1"
+    proc = run(
+        "eval",
+        "served",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--retries",
+        "0",
+        "--bench",
+        "lab",
+        "--data-dir",
+        lab_data,
+        "--no-progress",
+        "-o",
+        tmp_path / "run",
+    )
+    one_line(proc.returncode, proc.stderr, "user:***@127.0.0.1", "ConnectError")
+    assert SECRET not in proc.stdout + proc.stderr
+    assert all(SECRET not in p.read_text() for p in tmp_path.rglob("*") if p.is_file())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import l2smerge
+from l2smerge.util.redact import redact
 
 
 def versions() -> dict[str, str | None]:
@@ -62,8 +63,11 @@ def session_record(backend: str, backend_args: dict[str, Any], **facts: Any) -> 
 
 
 def _plain(value: Any) -> Any:
-    """A backend argument as JSON: paths and loaded tokenizers by their name."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """A backend argument as JSON: paths and loaded tokenizers by their name; text with any
+    credential masked (a --base-url may hold a password)."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, Path):
         return str(value)
