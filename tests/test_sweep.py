@@ -395,6 +395,28 @@ def test_sweep_on_local_ray_with_cpu_workers(pair, data_dir, tmp_path):
     # run_sweep uses the running instance and shuts it down at the end.
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     out = tmp_path / "s"
+    # A point that fails in a worker fails as it does here, whether the grid or the search
+    # hands it over (one runner): one error naming the point, without the remote traceback.
+    from rich.console import Console
+
+    from l2smerge.choose.sweep_point import merge_and_evaluate
+    from l2smerge.choose.sweep_runner import LocalRunner, RayRunner
+    from l2smerge.choose.sweep_spec import Point, parse_sweep
+
+    broken = parse_sweep({**spec, "models": [str(tmp_path / "gone")]}, tmp_path / "x.yaml")
+    data = broken.model_dump(mode="json")
+    point = Point("task_arithmetic", {"alpha": 0.5})
+    quiet = Console(quiet=True)
+    errors = []
+    for runner in (
+        LocalRunner(merge_and_evaluate, data, tmp_path / "local", False),
+        RayRunner(merge_and_evaluate, data, tmp_path, address="local", log_to_driver=False,
+                  console=quiet),  # fmt: skip
+    ):
+        with pytest.raises(L2SError, match=r"^sweep point task_arithmetic\(alpha=0.5\): ") as e:
+            list(runner.run([point]))
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "gone" in errors[0]
     result = run_sweep(spec, out, progress=False, ray_address="local")
     assert len(result["points"]) == 2
     records = [json.loads(x) for x in (out / "points.jsonl").read_text().splitlines()]

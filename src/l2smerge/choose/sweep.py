@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from l2smerge.choose.per_group import choices_table, choose_per_group
 from l2smerge.choose.report import write_report
@@ -38,6 +39,8 @@ from l2smerge.choose.ship import write_chosen
 from l2smerge.choose.sweep_choice import front_and_choice, selection_metric
 from l2smerge.choose.sweep_point import clear_failed_run, evaluate_into, merge_and_evaluate
 from l2smerge.choose.sweep_record import compare_to_reference, point_record, reference_figures
+from l2smerge.choose.sweep_runner import PointRunner, make_runner
+from l2smerge.choose.sweep_search import run_search
 from l2smerge.choose.sweep_spec import (
     Point,
     RunSource,
@@ -55,6 +58,9 @@ from l2smerge.util.lock import holds_lock
 
 
 class Sweep:
+    """One sweep into one folder: `run` evaluates the reference and baselines, runs the
+    points that are not finished, then chooses among them and writes what it chose."""
+
     def __init__(
         self,
         spec: SweepSpec,
@@ -71,73 +77,46 @@ class Sweep:
         self.console = console or Console(quiet=not progress)
         self.store = PointStore(out_dir)
         self.reference_run: Run | None = None
-        self._remote = None
 
-    # -- the whole sweep -----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         self.store.check_same_setup(self.spec)
         self.store.save_setup(self.spec)
         points = expand_points(self.spec)
-        reference_dir = None
-        if self.spec.reference is not None:
-            reference_dir = self._source_run(self.spec.reference, "reference")
-            self.reference_run = load_run(reference_dir, self.spec.reference.name)
-        baseline_dirs = [self._source_run(b, "baselines") for b in self.spec.baselines]
-        try:
-            self._run_points(points)
-            if self.spec.search is not None:
-                self._run_search()
-        finally:
-            if self.ray_address is not None:
-                import ray
-
-                if ray.is_initialized():
-                    ray.shutdown()
-        records = self._current_records(points)
-        pareto, selection = front_and_choice(
-            records,
-            self.spec,
-            reference_figures(self.reference_run, selection_metric(self.spec)),
-        )
-        write_json_atomic(self.out / "pareto.json", pareto)
-        write_json_atomic(self.out / "selection.json", selection)
-        self._print_choice(pareto, selection)
-        if self.spec.selection.per_group:
-            self._choose_per_group(records)
-        chosen = next((r for r in records if r["id"] == selection["chosen"]), None)
-        chosen_dir = write_chosen(
+        reference = self.spec.reference
+        reference_dir = None if reference is None else self._source_run(reference, "reference")
+        if reference_dir is not None:
+            self.reference_run = load_run(reference_dir, reference.name)
+        baselines = [(b.name, self._source_run(b, "baselines")) for b in self.spec.baselines]
+        runner = make_runner(
+            merge_and_evaluate,  # looked up here, so that tests may stand in for it
+            self.spec.model_dump(mode="json"),
             self.out,
-            self.spec,
-            chosen,
-            selection=selection,
-            reference=pareto["reference"],
+            ray_address=self.ray_address,
             progress=self.progress,
+            console=self.console,
         )
-        if chosen_dir is not None:
-            self.console.print(f"chosen checkpoint: {chosen_dir}")
-        result = {
-            "points": records,
-            "pareto": pareto,
-            "selection": selection,
-            "reference": None if reference_dir is None else str(reference_dir),
-            "chosen": None if chosen_dir is None else str(chosen_dir),
-            "report": None,
-        }
+        try:
+            self._run_points(runner, points)
+            if self.spec.search is not None:
+                run_search(self.spec.search, self.store, runner, self._finish, self.console)
+        finally:
+            runner.close()
+        records = self._current_records(points)
+        result, chosen = self._choose(records)
+        result["reference"] = None if reference_dir is None else str(reference_dir)
         if self.spec.report and records:
-            sources = [(self.spec.reference.name, reference_dir)] if reference_dir else []
-            baselines = [
-                (b.name, d) for b, d in zip(self.spec.baselines, baseline_dirs, strict=True)
-            ]
+            runs = [*reversed(baselines)]
+            runs += [] if reference_dir is None else [(reference.name, reference_dir)]
             report = write_sweep_report(
-                self.out / "report", records, selection, chosen, sources, baselines
+                self.out / "report", records, result["selection"], chosen, runs, reference
             )
             result["report"] = str(report)
             self.console.print(f"report: {report / 'report.html'}")
         return result
 
-    # -- reference and baselines ----------------------------------------------------------
     def _source_run(self, source: RunSource, folder: str) -> Path:
+        """A reference's or baseline's run directory: given, or evaluated here once."""
         if source.run is not None:
             load_run(source.run)  # fail now, naming the file, not after hours of merging
             return source.run
@@ -155,165 +134,83 @@ class Sweep:
             )
         return run_dir
 
-    # -- points -------------------------------------------------------------------------
-    def _point_dir(self, point: Point) -> Path:
-        return self.out / "points" / point.id
-
     def _finish(self, point: Point, outcome: dict[str, Any], index: int, total: int) -> dict:
         record = point_record(point, outcome, self.reference_run)
         self.store.add(record)
         self.console.print(progress_line(record, index, total))
         return record
 
-    def _run_local(self, point: Point) -> dict[str, Any]:
-        try:
-            return merge_and_evaluate(
-                self.spec.model_dump(mode="json"),
-                point.key(),
-                str(self._point_dir(point)),
-                self.progress,
-            )
-        except L2SError as exc:
-            raise L2SError(f"sweep point {point.label}: {exc}") from exc
-
-    def _ray_remote(self):
-        if self._remote is None:
-            try:
-                import ray
-            except ModuleNotFoundError:
-                raise L2SError("--ray: Ray is not installed; pip install 'l2smerge[ray]'") from None
-            if not ray.is_initialized():
-                address = None if self.ray_address in (None, "local") else self.ray_address
-                ray.init(address=address, include_dashboard=False, log_to_driver=self.progress)
-            gpus = ray.cluster_resources().get("GPU", 0)
-            options = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
-            self.console.print(
-                f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus:.0f} GPUs; "
-                f"each point gets {'one GPU' if gpus >= 1 else 'one CPU'}"
-            )
-            self._remote = ray.remote(**options)(merge_and_evaluate)
-        return self._remote
-
-    def _run_points(self, points: list[Point]) -> None:
+    def _run_points(self, runner: PointRunner, points: list[Point]) -> None:
         total = len(points)
         todo = [p for p in points if p.id not in self.store]
         done = total - len(todo)
         if done:
             self.console.print(f"{done} of {total} points already finished; skipping them")
-        if self.ray_address is None:
-            for point in todo:
-                done += 1
-                self.console.rule(f"[{done}/{total}] {point.label}")
-                self._finish(point, self._run_local(point), done, total)
-            return
-        import ray
+        starting = iter(range(done + 1, total + 1))
 
-        remote = self._ray_remote()
-        spec_data = self.spec.model_dump(mode="json")
-        pending = {
-            remote.remote(spec_data, p.key(), str(self._point_dir(p)), False): p for p in todo
-        }
-        self.console.print(f"submitted {len(pending)} points to Ray")
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            point = pending.pop(ready[0])
+        def started(point: Point) -> None:
+            self.console.rule(f"[{next(starting)}/{total}] {point.label}")
+
+        for point, outcome in runner.run(todo, started):
             done += 1
-            try:
-                outcome = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.as_instanceof_cause()
-                if isinstance(cause, L2SError):
-                    message = str(cause).strip().splitlines()[-1]
-                    raise L2SError(f"sweep point {point.label}: {message}") from None
-                raise
             self._finish(point, outcome, done, total)
 
-    def _run_search(self) -> None:
-        from l2smerge.choose.sweep_search import AdaptiveSearch
-
-        search = self.spec.search
-        finished = [r for r in self.store if r["source"] == "search"]
-        engine = AdaptiveSearch(search, finished)
-        total = search.trials
-        if finished:
-            self.console.print(f"search: {len(finished)} of {total} trials already finished")
-        while engine.remaining:
-            index = total - engine.remaining + 1  # before ask(), which counts the new trial
-            trial, point = engine.ask()
-            if point.id in self.store:  # the sampler proposed a point we already have
-                engine.tell(trial, self.store[point.id])
-                continue
-            self.console.rule(f"search [{index}/{total}] {point.label}")
-            if self.ray_address is None:
-                outcome = self._run_local(point)
-            else:
-                import ray
-
-                outcome = ray.get(
-                    self._ray_remote().remote(
-                        self.spec.model_dump(mode="json"),
-                        point.key(),
-                        str(self._point_dir(point)),
-                        False,
-                    )
-                )
-            engine.tell(trial, self._finish(point, outcome, index, total))
-
     def _current_records(self, points: list[Point]) -> list[dict[str, Any]]:
-        """The records of this sweep file's points (and its search's trials), compared to the
-        current reference by the current definitions. Points of earlier versions of the sweep
-        file stay in points.jsonl but are left out."""
-        wanted = {p.id for p in points}
-        searching = self.spec.search is not None
-        records = [
-            r for r in self.store if r["id"] in wanted or (searching and r["source"] == "search")
-        ]
+        """The records of this sweep file's points and search trials, compared to the current
+        reference (points recorded by an earlier run may have been compared to another)."""
+        records = self.store.of_sweep(points, searching=self.spec.search is not None)
         if len(records) < len(self.store):
             self.console.print(
                 f"{len(self.store) - len(records)} point(s) in {POINTS_FILE} are not in this "
                 "sweep file; they stay recorded but are left out of the front and the selection"
             )
         if self.reference_run is not None:
-            # Points recorded by an earlier run may have been compared to another reference.
             for r in records:
                 compare_to_reference(r, load_run(r["run_dir"]), self.reference_run)
             self.store.save()
         return records
 
-    # -- the choice ---------------------------------------------------------------------
-    def _print_choice(self, pareto: dict[str, Any], selection: dict[str, Any]) -> None:
-        if pareto["reference"] is not None:
-            ref = pareto["reference"]
-            tokens = "" if ref["mean_tokens"] is None else f", {ref['mean_tokens']:.0f} mean tokens"
-            self.console.print(
-                f"reference {ref['label']}: accuracy {100 * ref['accuracy']:.1f}%{tokens}"
-            )
-        front = {p["id"]: p["label"] for p in pareto["points"]}
-        self.console.print(f"Pareto front: {', '.join(front[i] for i in pareto['front'])}")
-        for line in selection["lines"]:
+    def _choose(self, records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict | None]:
+        """The front and the choice (pareto.json, selection.json; per group when asked), and
+        the chosen point's checkpoint in chosen/. Returns (result, the chosen record)."""
+        reference = reference_figures(self.reference_run, selection_metric(self.spec))
+        pareto, selection = front_and_choice(records, self.spec, reference)
+        write_json_atomic(self.out / "pareto.json", pareto)
+        write_json_atomic(self.out / "selection.json", selection)
+        for line in choice_lines(pareto, selection):
             self.console.print(line, highlight=False)
+        if self.spec.selection.per_group:
+            assert self.reference_run is not None  # parse_sweep: per_group needs a reference
+            margin = self.spec.selection.margin
+            self.console.print(choose_groups(self.out, self.reference_run, records, margin))
+        chosen = next((r for r in records if r["id"] == selection["chosen"]), None)
+        chosen_dir = write_chosen(
+            self.out, self.spec, chosen, selection=selection, reference=reference,
+            progress=self.progress,
+        )  # fmt: skip
+        if chosen_dir is not None:
+            self.console.print(f"chosen checkpoint: {chosen_dir}")
+        chosen_path = None if chosen_dir is None else str(chosen_dir)
+        result = {"points": records, "pareto": pareto, "selection": selection}
+        return {**result, "reference": None, "chosen": chosen_path, "report": None}, chosen
 
-    def _choose_per_group(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """A point per task group (choose/per_group.py): selection_per_group.json and the
-        table of choices."""
-        from rich.table import Table
 
-        points = [
-            {"id": r["id"], "label": r["label"], "records": load_run(r["run_dir"]).records}
-            for r in records
-        ]
-        result = choose_per_group(
-            self.reference_run.records, points, margin=self.spec.selection.margin
-        )
-        write_json_atomic(self.out / "selection_per_group.json", result)
-        header, *rows = choices_table(result)
-        table = Table(title=f"per group: {result['statement']}", title_justify="left")
-        for name in header:
-            table.add_column(name)
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
-        return result
+def choose_groups(out: Path, reference: Run, records: list[dict[str, Any]], margin: float) -> Table:
+    """A point per task group (choose/per_group.py): selection_per_group.json, and the table
+    of choices to print."""
+    points = [
+        {"id": r["id"], "label": r["label"], "records": load_run(r["run_dir"]).records}
+        for r in records
+    ]
+    result = choose_per_group(reference.records, points, margin=margin)
+    write_json_atomic(out / "selection_per_group.json", result)
+    header, *rows = choices_table(result)
+    table = Table(title=f"per group: {result['statement']}", title_justify="left")
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def progress_line(record: dict[str, Any], index: int, total: int) -> str:
@@ -329,23 +226,33 @@ def progress_line(record: dict[str, Any], index: int, total: int) -> str:
     return line + f" [merge {record['merge_seconds']:.0f}s, eval {record['eval_seconds']:.0f}s]"
 
 
+def choice_lines(pareto: dict[str, Any], selection: dict[str, Any]) -> list[str]:
+    """What the sweep prints about the reference, the front and the choice."""
+    lines = []
+    if pareto["reference"] is not None:
+        ref = pareto["reference"]
+        tokens = "" if ref["mean_tokens"] is None else f", {ref['mean_tokens']:.0f} mean tokens"
+        lines.append(f"reference {ref['label']}: accuracy {100 * ref['accuracy']:.1f}%{tokens}")
+    front = {p["id"]: p["label"] for p in pareto["points"]}
+    lines.append(f"Pareto front: {', '.join(front[i] for i in pareto['front'])}")
+    return lines + selection["lines"]
+
+
 def write_sweep_report(
     folder: Path,
     records: list[dict[str, Any]],
     selection: dict[str, Any],
     chosen: dict[str, Any] | None,
-    reference: list[tuple[str, Path]],
-    baselines: list[tuple[str, Path]],
+    runs: list[tuple[str, Path]],
+    reference: RunSource | None,
 ) -> Path:
-    """`l2smerge report` over the baselines, the reference (at most one) and the points."""
-    sources = [*reversed(baselines), *reference]
-    run_dirs = [str(d) for _, d in sources] + [r["run_dir"] for r in records]
-    labels = [name for name, _ in sources] + [r["label"] for r in records]
+    """`l2smerge report` over other `runs` (baselines, reference: label, run directory) and the
+    points, with the selection's words and the chosen point."""
     write_report(
-        run_dirs,
+        [str(d) for _, d in runs] + [r["run_dir"] for r in records],
         folder,
-        labels=labels,
-        reference=reference[0][0] if reference else None,
+        labels=[name for name, _ in runs] + [r["label"] for r in records],
+        reference=None if reference is None else reference.name,
         title="l2smerge sweep",
         notes="\n".join(["Operating point selection:", "", "```", *selection["lines"], "```"]),
         chosen=None if chosen is None else chosen["label"],

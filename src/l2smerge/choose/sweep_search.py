@@ -9,10 +9,41 @@ search continues from where it stopped instead of starting over.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
 
 from l2smerge.choose.sweep_spec import Point, SearchSpec
 from l2smerge.util.errors import L2SError
+
+if TYPE_CHECKING:
+    from l2smerge.choose.sweep_runner import PointRunner
+    from l2smerge.choose.sweep_store import PointStore
+
+# finish(point, outcome, index, total) -> the point's record, recorded in the store
+Finish = Callable[[Point, dict[str, Any], int, int], dict[str, Any]]
+
+
+def run_search(
+    spec: SearchSpec, store: PointStore, runner: PointRunner, finish: Finish, console: Console
+) -> None:
+    """Run the search's trials that are not finished, one at a time (each proposal depends on
+    the results before it), through the sweep's runner."""
+    finished = [r for r in store if r["source"] == "search"]
+    engine = AdaptiveSearch(spec, finished)
+    total = spec.trials
+    if finished:
+        console.print(f"search: {len(finished)} of {total} trials already finished")
+    while engine.remaining:
+        index = total - engine.remaining + 1  # before ask(), which counts the new trial
+        trial, point = engine.ask()
+        if point.id in store:  # the sampler proposed a point we already have
+            engine.tell(trial, store[point.id])
+            continue
+        console.rule(f"search [{index}/{total}] {point.label}")
+        [(_, outcome)] = runner.run([point])
+        engine.tell(trial, finish(point, outcome, index, total))
 
 
 class AdaptiveSearch:

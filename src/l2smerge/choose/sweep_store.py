@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from l2smerge.choose.sweep_point import has_results
-from l2smerge.choose.sweep_spec import SweepSpec
+from l2smerge.choose.sweep_spec import Point, SweepSpec
 from l2smerge.util.atomic import write_json_atomic, write_jsonl_atomic
 from l2smerge.util.errors import L2SError
 from l2smerge.util.jsonl import read_text
@@ -54,6 +54,12 @@ class PointStore:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(list(self.records.values()))
+
+    def of_sweep(self, points: list[Point], *, searching: bool) -> list[dict[str, Any]]:
+        """The records of `points` and, when the sweep searches, of its search trials: points
+        of earlier versions of the sweep file stay recorded but are not this sweep's."""
+        wanted = {p.id for p in points}
+        return [r for r in self if r["id"] in wanted or (searching and r["source"] == "search")]
 
     def add(self, record: dict[str, Any]) -> None:
         """Record a finished point (replacing an earlier record of it) and save."""
