@@ -12,23 +12,13 @@
   the calibration text, and cross-task logit alignment between the models
   (see `task_sensitivity`, `cross_task_alignment`, `sens_coefficients`); each model may
   have its own calibration file and fields.
-* Cache: every statistic is stored under $L2SMERGE_CACHE_DIR (default ~/.cache/l2smerge),
-  keyed by the fingerprints of the models, of the calibration file, the fields and the
-  settings, so a sweep over ω, α or T computes it once.
+* Cache: every statistic is stored in the l2smerge cache (util/cache.py, under
+  $L2SMERGE_CACHE_DIR, default ~/.cache/l2smerge), keyed by the fingerprints of the models,
+  of the calibration file, the fields and the settings, so a sweep over ω, α or T computes it
+  once.
 """
 
 from l2smerge.calibration.activations import activation_importance, aim_importance
-from l2smerge.calibration.cache import (
-    CACHE_VERSION,
-    cache_dir,
-    cache_key,
-    file_sha256,
-    load_cached_json,
-    load_cached_tensors,
-    model_fingerprint,
-    save_cached_json,
-    save_cached_tensors,
-)
 from l2smerge.calibration.data import (
     CALIBRATION_FIELDS,
     DEFAULT_MAX_TOKENS,
@@ -46,6 +36,17 @@ from l2smerge.calibration.sensitivity import (
     sens_coefficients,
     sens_statistics,
     task_sensitivity,
+)
+from l2smerge.util.cache import (
+    CACHE_VERSION,
+    cache_dir,
+    cache_key,
+    file_sha256,
+    load_cached_json,
+    load_cached_tensors,
+    model_fingerprint,
+    save_cached_json,
+    save_cached_tensors,
 )
 
 __all__ = [

@@ -8,13 +8,6 @@ from pathlib import Path
 
 import torch
 
-from l2smerge.calibration.cache import (
-    cache_key,
-    file_sha256,
-    load_cached_tensors,
-    model_fingerprint,
-    save_cached_tensors,
-)
 from l2smerge.calibration.data import (
     DEFAULT_MAX_TOKENS,
     METHOD_FIELDS,
@@ -29,6 +22,13 @@ from l2smerge.calibration.models import (
     load_full_model,
     materialise,
     progress_bar,
+)
+from l2smerge.util.cache import (
+    cache_key,
+    file_sha256,
+    load_cached_tensors,
+    model_fingerprint,
+    save_cached_tensors,
 )
 
 

@@ -10,13 +10,6 @@ from pathlib import Path
 
 import torch
 
-from l2smerge.calibration.cache import (
-    cache_key,
-    file_sha256,
-    load_cached_json,
-    model_fingerprint,
-    save_cached_json,
-)
 from l2smerge.calibration.data import (
     DEFAULT_MAX_TOKENS,
     METHOD_FIELDS,
@@ -25,6 +18,13 @@ from l2smerge.calibration.data import (
     tokenize,
 )
 from l2smerge.calibration.models import load_full_model, progress_bar
+from l2smerge.util.cache import (
+    cache_key,
+    file_sha256,
+    load_cached_json,
+    model_fingerprint,
+    save_cached_json,
+)
 from l2smerge.util.errors import L2SError
 
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")

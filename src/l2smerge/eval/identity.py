@@ -85,7 +85,7 @@ def model_identity(
     path = check_local_model(model, allow_pickle=allow_pickle)
     if path is None:
         return {"hub": model}
-    from l2smerge.calibration.cache import model_fingerprint
+    from l2smerge.util.cache import model_fingerprint
 
     return {"fingerprint": f"sha256:{model_fingerprint(path)}"}
 

@@ -148,7 +148,7 @@ def _same_checkpoint(a: Path, b: Path, b_fingerprint: str | None) -> bool:
         return True
     if b_fingerprint is None:
         return False
-    from l2smerge.calibration.cache import model_fingerprint
+    from l2smerge.util.cache import model_fingerprint
 
     try:
         return model_fingerprint(a) == b_fingerprint
@@ -163,7 +163,7 @@ def drop_base_copies(config: MergeConfig) -> MergeConfig:
     towards the base and for Sens it would take a share of the coefficients and cost a
     gradient pass, so leaving it out gives the single-task merge the study ran
     (docs/methods.md, "A --model that is the base")."""
-    from l2smerge.calibration.cache import model_fingerprint
+    from l2smerge.util.cache import model_fingerprint
 
     assert config.base is not None
     try:
