@@ -289,4 +289,4 @@ def test_unwritable_cache_warns_and_still_returns(family, monkeypatch, tmp_path,
     blocker.write_text("not a folder")
     monkeypatch.setenv("L2SMERGE_CACHE_DIR", str(blocker / "cache"))
     importance = cal.aim_importance(base, calib, progress=False)
-    assert importance and "cannot write the calibration cache" in capsys.readouterr().err
+    assert importance and "cannot write the l2smerge cache" in capsys.readouterr().err

@@ -13,64 +13,7 @@ from typing import Any
 
 import l2smerge
 from l2smerge.merge.config import MergeConfig
-
-_CHUNK = 16 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file (the value the Hugging Face Hub shows for LFS files), read with
-    positioned reads into one reused buffer so the file's pages never count in our RSS."""
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        offset = 0
-        while True:
-            n = os.preadv(fd, [view], offset)
-            if n == 0:
-                break
-            digest.update(view[:n])
-            offset += n
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
-
-
-def _cache_file() -> Path:
-    """Known file hashes, in the l2smerge cache ($L2SMERGE_CACHE_DIR, else ~/.cache/l2smerge)."""
-    root = os.environ.get("L2SMERGE_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "l2smerge") / "sha256.json"
-
-
-def _file_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-
-
-def cached_sha256(paths: list[Path]) -> dict[Path, str]:
-    """sha256 of each file, reusing hashes of files unchanged (same path, size, mtime, inode)
-    since they were last hashed: a sweep merges the same 15 GB inputs dozens of times."""
-    cache_file = _cache_file()
-    try:
-        cache = json.loads(cache_file.read_text())
-        assert isinstance(cache, dict)
-    except (OSError, ValueError, AssertionError):
-        cache = {}
-    result = {}
-    for path in paths:
-        key = _file_key(path)
-        if not isinstance(cache.get(key), str):
-            cache[key] = file_sha256(path)
-        result[path] = cache[key]
-    try:  # a cache that cannot be written costs time next merge, never this one
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass
-    return result
+from l2smerge.util.cache import cached_file_sha256, file_sha256
 
 
 class Fingerprinter:
@@ -89,7 +32,7 @@ class Fingerprinter:
     def _run(self) -> None:
         try:
             for model, files in self.inputs.items():
-                hashes = {f.name: h for f, h in cached_sha256(files).items()}
+                hashes = {f.name: h for f, h in cached_file_sha256(files).items()}
                 combined = hashlib.sha256(
                     "".join(f"{n}:{h}\n" for n, h in sorted(hashes.items())).encode()
                 ).hexdigest()

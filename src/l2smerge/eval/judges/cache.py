@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from l2smerge.util.cache import cache_dir
 from l2smerge.util.errors import L2SError
 
 CACHE_FILE = "verdicts.sqlite3"
 
 
 def default_cache_dir() -> Path:
-    """$L2SMERGE_CACHE_DIR/judge, else ~/.cache/l2smerge/judge (the calibration cache's root)."""
-    root = os.environ.get("L2SMERGE_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "l2smerge") / "judge"
+    """judge/ in the l2smerge cache ($L2SMERGE_CACHE_DIR, else ~/.cache/l2smerge)."""
+    return cache_dir() / "judge"
 
 
 def sha256(text: str) -> str:
