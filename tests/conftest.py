@@ -63,3 +63,15 @@ def served_tiny(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(autouse=True)
+def registry_left_as_found():
+    """A test that registers a merge method removes it again (other tests list, count and
+    document the registry)."""
+    methods = sys.modules.get("l2smerge.methods")
+    before = dict(methods.METHODS) if methods is not None else None
+    yield
+    if before is not None:
+        leaked = sorted(set(methods.METHODS) - set(before))
+        assert not leaked, f"the test left merge methods registered: {', '.join(leaked)}"

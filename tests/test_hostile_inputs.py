@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from calibration_fixtures import write_calibration
+from merge_helpers import cli
 from safetensors.torch import load_file, save_file
-from test_merge import cli
 from tiny import make_tiny_model
 
 from l2smerge.eval import evaluate

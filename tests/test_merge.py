@@ -3,39 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-from test_methods_task_vector import naive_ties
+from merge_helpers import cli, naive_ties, state
 from tiny import make_tiny_model
 
-from l2smerge.cli import main
 from l2smerge.merge.config import MergeConfig
 from l2smerge.merge.executor import run_merge, tensor_generator
-
-
-def state(path):
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        out = {}
-        for f in set(json.loads(index.read_text())["weight_map"].values()):
-            out.update(load_file(path / f))
-        return out
-    return load_file(path / "model.safetensors")
-
-
-def cli(monkeypatch, capsys, *args):
-    """Run the real `l2smerge` entry point in-process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["l2smerge", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,12 @@ def _probe(
     return tensors[0].clone()
 
 
-if "test_probe" not in METHODS:
+@pytest.fixture(autouse=True)
+def probe_method():
+    """test_probe is registered for this module's tests only: the registry is left as found."""
     register("test_probe", prepare=_prepare)(_probe)
+    yield
+    del METHODS["test_probe"]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
+from merge_helpers import cli
 from safetensors.torch import load_file, save_file
-from test_merge import cli
 from tiny import make_tiny_model
 
 

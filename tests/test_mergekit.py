@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
-from test_merge import state
+from merge_helpers import state
 from tiny import make_tiny_model
 
 from l2smerge.cli import main

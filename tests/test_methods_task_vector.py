@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from merge_helpers import naive_ties, naive_trim
 
 from l2smerge.methods import METHODS
 from l2smerge.methods.sparsify import (
@@ -14,26 +15,6 @@ from l2smerge.methods.sparsify import (
     trim_by_magnitude,
 )
 from l2smerge.methods.task_vector import average, dare_ta, dare_ties, task_arithmetic, ties
-
-
-def naive_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Full sort: keep every entry at least as large as the keep-th largest magnitude."""
-    flat = delta.flatten()
-    keep = round(density * flat.numel())
-    if keep == 0:
-        return torch.zeros_like(delta)
-    threshold = flat.abs().sort(descending=True).values[keep - 1]
-    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
-
-
-def naive_ties(tensors, base, alphas, densities):
-    deltas = torch.stack(
-        [a * naive_trim(t - base, d) for t, a, d in zip(tensors, alphas, densities, strict=True)]
-    )
-    sign = torch.sign(deltas.sum(0))
-    agree = (torch.sign(deltas) == sign) & (deltas != 0)
-    mean = (deltas * agree).sum(0) / agree.sum(0).clamp(min=1)
-    return base + mean
 
 
 @pytest.fixture

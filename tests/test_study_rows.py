@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from test_merge import state
+from merge_helpers import state
 from tiny import make_tiny_model
 
 from l2smerge.merge.config import MergeConfig
