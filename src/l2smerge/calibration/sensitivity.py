@@ -4,7 +4,6 @@ alignment between the models, and the coefficients they give."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from l2smerge.calibration.data import (
     tokenize,
 )
 from l2smerge.calibration.models import load_full_model, progress_bar
+from l2smerge.merge.layers import layer_of
 from l2smerge.util.cache import (
     cache_key,
     file_sha256,
@@ -27,15 +27,13 @@ from l2smerge.util.cache import (
 )
 from l2smerge.util.errors import L2SError
 
-_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
-
 
 def layer_group(tensor_name: str) -> str:
     """The Sens 'layer' a tensor belongs to: its decoder layer ("model.layers.3"), else its
     own module ("model.embed_tokens", "model.norm", "lm_head")."""
-    match = _LAYER.match(tensor_name)
-    if match:
-        return match.group(1)
+    layer = layer_of(tensor_name)
+    if layer is not None:
+        return layer[0]
     return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name
 
 
