@@ -436,7 +436,7 @@ def _check_method(
 ) -> None:
     """The method exists and takes these parameters, each of the right type and in range
     (the same check a merge makes), so a bad value fails before any point runs."""
-    from l2smerge.merge.config import check_parameter
+    from l2smerge.merge.parameters import check_parameter
     from l2smerge.methods import METHODS
 
     if not METHODS:  # registry modules not importable: leave checking to the merge

@@ -36,7 +36,8 @@ from l2smerge.merge.checkpoint import (
     dtype_name,
     parse_size,
 )
-from l2smerge.merge.config import MergeConfig, ParameterResolver
+from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.parameters import ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod, get_method
 from l2smerge.methods.registry import uses_base

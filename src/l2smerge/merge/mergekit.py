@@ -34,7 +34,8 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from l2smerge.merge.config import MergeConfig, ModelEntry, in_numbered_layer, layer_depth
+from l2smerge.merge.config import MergeConfig, ModelEntry
+from l2smerge.merge.parameters import in_numbered_layer, layer_depth
 from l2smerge.util.errors import L2SError
 
 # mergekit merge_method -> l2smerge method
