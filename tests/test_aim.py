@@ -91,7 +91,7 @@ def test_aim_ties_has_ties_parameters_and_omega():
         "relax_head_and_norms": False,
         **get_method("ties").params,
     }
-    assert method.context == {"importance"}
+    assert method.context == {"importance", "tensor_name"}
     assert method.prepare is not None and get_method("aim").prepare is not None
 
 

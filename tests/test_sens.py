@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from l2smerge import calibration as cal
 from l2smerge.merge.config import MergeConfig
 from l2smerge.merge.executor import run_merge
+from l2smerge.merge.parameters import parameters_of
 from l2smerge.methods import get_method
 from l2smerge.methods.sens import prepare_sens, sens
 from l2smerge.util.errors import L2SError
@@ -41,7 +42,7 @@ def test_prepare_gives_positive_per_layer_coefficients(family):
         method="sens", models=kids, base=base, calibration=calib,
         parameters={"alpha": 0.7, "temperature": 2.0},
     )  # fmt: skip
-    per_tensor = prepare_sens(config)
+    per_tensor = prepare_sens(config, parameters_of(config))
     q = per_tensor("model.layers.0.self_attn.q_proj.weight")["alpha"]
     norm = per_tensor("model.layers.0.input_layernorm.weight")["alpha"]
     other = per_tensor("model.layers.1.mlp.down_proj.weight")["alpha"]
@@ -59,7 +60,7 @@ def test_single_model_coefficients_average_alpha_and_flatten_with_temperature(fa
             method="sens", models=kids[:1], base=base, calibration=calib,
             parameters={"alpha": 0.4, "temperature": t},
         )  # fmt: skip
-        per_tensor = prepare_sens(config)
+        per_tensor = prepare_sens(config, parameters_of(config))
         names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
                  "model.layers.1.mlp.up_proj.weight", "model.norm.weight",
                  "lm_head.weight"]  # fmt: skip
@@ -111,12 +112,11 @@ def test_sens_refusals(family):
     no_cal = MergeConfig.build(method="sens", models=kids, base=base)
     with pytest.raises(L2SError, match="--calibration"):
         run_merge(no_cal, root / "never", progress=False)
-    per_model = MergeConfig.build(
-        method="sens", models=kids, base=base, calibration=calib,
-        parameters={"alpha": [0.5, 0.6]},
-    )  # fmt: skip
     with pytest.raises(L2SError, match="per model"):
-        prepare_sens(per_model)
+        MergeConfig.build(
+            method="sens", models=kids, base=base, calibration=calib,
+            parameters={"alpha": [0.5, 0.6]},
+        )  # fmt: skip
     assert not (root / "never").exists()
 
 
@@ -143,17 +143,16 @@ def test_a_zero_task_vector_is_skipped_before_any_gradient_pass(family, monkeypa
         parameters={"alpha": 0.7, "temperature": 2.0},
     )  # fmt: skip
     with pytest.warns(UserWarning, match="zero task vector"):
-        per_tensor = prepare_sens(config)
+        per_tensor = prepare_sens(config, parameters_of(config))
     assert len(backward_calls) == 4  # one pass per calibration line, for kids[0] only
-    single = prepare_sens(
-        MergeConfig.build(
-            method="sens",
-            models=[kids[0]],
-            base=base,
-            calibration=calib,
-            parameters={"alpha": 0.7, "temperature": 2.0},
-        )  # fmt: skip
-    )
+    single_config = MergeConfig.build(
+        method="sens",
+        models=[kids[0]],
+        base=base,
+        calibration=calib,
+        parameters={"alpha": 0.7, "temperature": 2.0},
+    )  # fmt: skip
+    single = prepare_sens(single_config, parameters_of(single_config))
     for name in ("model.layers.0.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"):
         zero, child = per_tensor(name)["alpha"]
         assert zero == 0.0
@@ -189,7 +188,7 @@ def test_each_model_takes_its_own_calibration_file_and_fields(family, monkeypatc
         model_calibration=[None, long_only],
         parameters={"calibration_fields": ["question,short_answer", "question,long_answer"]},
     )  # fmt: skip
-    prepare_sens(config)
+    prepare_sens(config, parameters_of(config))
     assert seen == [
         (kids[0].name, [("question", "short_answer")] * 4),
         (kids[1].name, [("question", "long_answer")]),

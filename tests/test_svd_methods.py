@@ -157,4 +157,4 @@ def test_lore_with_a_base_estimates_low_rank_task_vectors_relative_to_it():
 
 def test_lore_takes_a_base_when_given():
     method = get_method("lore")
-    assert method.needs_base is False and method.extra["optional_base"] is True
+    assert method.needs_base is False and method.optional_base is True

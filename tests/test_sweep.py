@@ -324,7 +324,7 @@ def test_grid_expansion_and_bad_keys(tmp_path):
     bad({"evall": {}}, r"SWEEP.yaml: evall: unknown key")
     bad({"eval": {"benches": ["gsm8k"], "limt": 3}}, r"eval.limt: unknown key")
     bad({"eval": {"benches": ["gsm8k"], "limit": 0}}, r"eval.limit")
-    bad({"grid": {"method": ["ties"], "gamma": [1]}}, r"grid\[0\].gamma: not a parameter of ties")
+    bad({"grid": {"method": ["ties"], "gamma": [1]}}, r"grid\[0\].gamma: ties has no parameter")
     bad({"grid": {"method": ["nope"]}}, r"grid\[0\].method: unknown method 'nope'")
     bad({"points": [{"alpha": 1}]}, r"points\[0\].method: required")
     bad({"points": [{"preset": "ties@99b"}]}, r"points\[0\].preset: unknown preset")

@@ -384,22 +384,17 @@ def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:
     if not spec.models:
         raise L2SError(f"{path}: models: the sweep merges no model; list at least one")
     if spec.base is None:
-        from l2smerge.methods import METHODS
+        from l2smerge.methods import resolve_method
 
-        for p in points + ([Point(spec.search.method, {})] if spec.search else []):
-            name = p.method or _preset_method(p.preset)
-            if name in METHODS and METHODS[name].needs_base:
+        search = [Point(spec.search.method, {}, on=spec.search.on)] if spec.search else []
+        for p in points + search:
+            identity = p.identity()
+            if resolve_method(identity["method"], identity["on"]).needs_base:
                 raise L2SError(f"{path}: base: {p.label} needs a base model; add base:")
     unique: dict[str, Point] = {}
     for p in points:
         unique.setdefault(p.id, p)
     return list(unique.values())
-
-
-def _preset_method(preset: str | None) -> str | None:
-    from l2smerge.merge.presets import PRESETS
-
-    return PRESETS[preset]["method"] if preset in PRESETS else None
 
 
 def _point(entry: Any, where: str, source: str) -> Point:
@@ -434,30 +429,26 @@ def _point(entry: Any, where: str, source: str) -> Point:
 def _check_method(
     method: str, on: str | None, params: dict[str, Any], where: str, search: bool = False
 ) -> None:
-    """The method exists and takes these parameters, each of the right type and in range
-    (the same check a merge makes), so a bad value fails before any point runs."""
-    from l2smerge.merge.parameters import check_parameter
-    from l2smerge.methods import METHODS
+    """The method exists and takes these parameters, each valid: the check a merge makes
+    (merge/parameters.py), so a bad value fails before any point runs. `search`: each value
+    is a [low, high] range, checked at both ends."""
+    from l2smerge.merge.parameters import method_parameters
+    from l2smerge.methods import METHODS, resolve_method
+    from l2smerge.methods.registry import known_methods
 
-    if not METHODS:  # registry modules not importable: leave checking to the merge
-        return
     if method not in METHODS:
-        raise L2SError(f"{where}.method: unknown method {method!r}; known: {', '.join(METHODS)}")
-    allowed = dict(METHODS[method].params)
+        raise L2SError(f"{where}.method: unknown method {method!r}; known: {known_methods()}")
     if on is not None:
         if not isinstance(on, str) or on not in METHODS:
             raise L2SError(f"{where}.on: unknown method {on!r}")
-        allowed = {**METHODS[on].params, **allowed}
-    elif method == "aim" or "on" in allowed:
-        allowed = {**METHODS[allowed.get("on") or "ties"].params, **allowed}
-    for key, value in params.items():
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise L2SError(f"{where}.{key}: not a parameter of {method} (it takes {known})")
-        if value is not None:  # search.params: a [low, high] range, checked at both ends
-            values = list(value) if isinstance(value, (list, tuple)) and search else [value]
-            for v in values:
-                check_parameter(key, v, allowed[key], where)
+        try:
+            resolve_method(method, on)
+        except L2SError as exc:
+            raise L2SError(f"{where}.on: {exc}") from None
+    ends = [0, 1] if search else [None]
+    for end in ends:
+        values = {k: v if end is None else v[end] for k, v in params.items() if v is not None}
+        method_parameters(method, on, [(where, values, False)])
 
 
 def merge_config(spec: SweepSpec, key: dict[str, Any]):

@@ -27,6 +27,9 @@ MAX_TOKENS = 256  # the longest System 2 answer is about 110 characters (= token
 BENCH = "lab"
 DEFAULT_LIMIT = 100  # 20 items per level keeps the demo within 5 minutes on 2 CPU cores
 SENS_FIELDS = "question,short_answer"
+STUDY_METHODS = (
+    "average", "task_arithmetic", "ties", "dare_ta", "dare_ties", "lore", "twin", "aim_ties", "sens"
+)  # fmt: skip
 
 
 def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -34,11 +37,12 @@ def demo_points(methods: list[str] | None = None) -> list[tuple[str, dict[str, A
     (registry names, or `aim_ties`)."""
     from l2smerge.merge.presets import PRESETS
     from l2smerge.methods import METHODS
+    from l2smerge.methods.registry import plain_methods
 
-    # `aim` wraps another method; the demo runs it as the study did, on TIES (`aim_ties`).
-    available = list(dict.fromkeys("aim_ties" if name == "aim" else name for name in METHODS))
+    # The study's rows in its order (AIM as the study ran it, on TIES), then any other method.
+    available = [*STUDY_METHODS, *(m for m in plain_methods() if m not in STUDY_METHODS)]
     chosen = available if methods is None else methods
-    unknown = [m for m in chosen if m not in available]
+    unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise L2SError(
             f"--methods: unknown method {unknown[0]!r}; available: {', '.join(available)}"

@@ -223,17 +223,16 @@ class MergeConfig(BaseModel):
             raise L2SError(f"{path}: {exc}") from None
         return config.relative_to(path.parent)
 
-    def check_parameters(self) -> tuple[MergeMethod, dict[str, Any]]:
-        """The method exists and takes every parameter given, each of the type its default
-        has and within its range. Returns the method and every parameter name it accepts ->
-        default (its inner method's too, for a wrapping method)."""
+    def check_parameters(self) -> MergeMethod:
+        """The method exists and takes every parameter given, each valid (merge/parameters.py).
+        Returns the method."""
         from l2smerge.merge.parameters import method_parameters
 
         return method_parameters(
             self.method,
             self.on,
-            [("parameters", self.parameters)]
-            + [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(self.models)],
+            [("parameters", self.parameters, False)]
+            + [(f"models[{i}].parameters", m.parameters, True) for i, m in enumerate(self.models)],
         )
 
     def relative_to(self, folder: Path) -> MergeConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from l2smerge.merge.checkpoint import (
 from l2smerge.merge.config import MergeConfig
 from l2smerge.merge.parameters import ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
-from l2smerge.methods import MergeMethod, get_method
+from l2smerge.methods import MergeMethod
 from l2smerge.methods.registry import uses_base
 from l2smerge.util.atomic import replace_folder
 from l2smerge.util.device import check_device
@@ -77,7 +76,6 @@ class TensorJob:
 class MergePlan:
     config: MergeConfig
     method: MergeMethod
-    allowed: dict[str, Any]
     checkpoints: dict[Path, Checkpoint]
     models: list[Checkpoint]
     base: Checkpoint | None
@@ -87,12 +85,7 @@ class MergePlan:
     tied_output: bool
     num_layers: int
     device: torch.device
-    extra_fns: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # --model inputs that are the base
-
-    @property
-    def input_bytes(self) -> int:
-        return sum(s[0].info(s[1]).nbytes for job in self.jobs for s in job.sources)
 
 
 # -- checking and planning -------------------------------------------------------------------
@@ -191,7 +184,7 @@ def drop_base_copies(config: MergeConfig) -> MergeConfig:
 def plan_merge(config: MergeConfig) -> MergePlan:
     """Check the whole merge (method, parameters, inputs, tensor names and shapes) and plan it,
     without writing anything."""
-    method, allowed = config.check_parameters()
+    method = config.check_parameters()
     if not config.models:
         raise L2SError("no models to merge: pass at least one --model")
     if method.needs_base and config.base is None:
@@ -230,7 +223,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         for head, embeds in TIED_HEADS.items():
             if head not in reference and any(e in reference for e in embeds):
                 names.append(head)  # an untied input needs its own head in the output
-    dtype = config.dtype or method.extra.get("default_dtype")
+    dtype = config.dtype or method.default_dtype
     out_dtype = DTYPE_NAMES[dtype] if dtype else _dominant_float_dtype(base or reference)
 
     wanted = set(names)
@@ -274,8 +267,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
                 )
         jobs.append(job)
 
-    blockwise = method.extra.get("elementwise") or method.extra.get("block_stats")
-    if blockwise and config.on is None:
+    if method.elementwise or method.block_stats is not None:
         for job in jobs:
             block_rows = _block_rows(job.shape)
             if not job.copy_only and block_rows is not None:
@@ -285,7 +277,6 @@ def plan_merge(config: MergeConfig) -> MergePlan:
     return MergePlan(
         config,
         method,
-        allowed,
         checkpoints,
         models,
         base,
@@ -503,15 +494,13 @@ def _merge_one(
             if not _finite(t):
                 raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
 
-    linear = method.extra.get("linear", False)
+    linear = method.linear
     if not linear:  # checked on the way in: TIES/DARE would silently drop a NaN entry
         check_inputs(inputs)
     tensors, base = inputs[:n_models], (inputs[n_models] if len(inputs) > n_models else None)
     kwargs = resolver.resolve(job.name)
-    if "on" in method.params:
-        kwargs["on"] = config.on if config.on is not None else method.params["on"]
     context = {"tensor_name": job.name, "importance": None}
-    if "generator" in method.context or config.on is not None:
+    if "generator" in method.context:
         context["generator"] = tensor_generator(config.seed, job.name)
     for fn in per_tensor:
         extra = fn(job.name)
@@ -581,7 +570,7 @@ def _merge_blocks(
         return [ckpt.read_rows(stored, start, stop) for ckpt, stored in sources]  # type: ignore[misc]
 
     read_bytes = 0
-    block_stats = plan.method.extra.get("block_stats")
+    block_stats = plan.method.block_stats
     if block_stats is not None:  # first pass: statistics over the whole tensor (TIES thresholds)
         n_models = len(plan.models)
         (base_ckpt, base_name) = job.sources[n_models]
@@ -640,17 +629,14 @@ def _progress(enabled: bool):
 def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the tensor loop, writing shards into `out_dir`. Returns output facts."""
     config = plan.config
-    resolver = ParameterResolver(config, plan.allowed, plan.num_layers)
+    resolver = ParameterResolver(config, plan.method, plan.num_layers)
     per_tensor: list[Callable[[str], dict[str, Any]]] = []
     if not progress:  # calibration loads models: no transformers bars either
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    for method in ([get_method(config.on)] if config.on is not None else []) + [plan.method]:
-        if method.prepare is not None:
-            takes_progress = "progress" in inspect.signature(method.prepare).parameters
-            options = {"progress": progress} if takes_progress else {}
-            per_tensor.append(method.prepare(config, **options))
+    if plan.method.prepare is not None:
+        per_tensor.append(plan.method.prepare(config, resolver, progress=progress))
 
     _keep_freed_memory()
     writer = ShardedWriter(
@@ -718,7 +704,8 @@ def _write_config(plan: MergePlan, out_dir: Path) -> None:
 def resolved_parameters(plan: MergePlan) -> dict[str, Any]:
     """Every parameter of the method: the config's spec where given, else the default."""
     return {
-        name: plan.config.parameters.get(name, default) for name, default in plan.allowed.items()
+        name: plan.config.parameters.get(name, default)
+        for name, default in plan.method.params.items()
     }
 
 

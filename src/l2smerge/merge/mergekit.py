@@ -638,7 +638,8 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
     plan = plan_merge(config)  # checks the whole merge; gives the tensors and the dtype
     tensors = _Tensors([job.name for job in plan.jobs], plan.num_layers)
     theirs = TO_MERGEKIT[method]
-    shared = {name: config.parameters.get(name, default) for name, default in plan.allowed.items()}
+    defaults = plan.method.params
+    shared = {name: config.parameters.get(name, default) for name, default in defaults.items()}
     per_model = [m.parameters for m in config.models]
     notes: list[str] = []
 
@@ -648,7 +649,7 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
         return shared[name]
 
     def top(name: str, convert=None) -> Any:
-        value, default = shared[name], plan.allowed[name]
+        value, default = shared[name], defaults[name]
         if convert is not None:
             value, default = _map_numbers(value, convert), convert(default)
         return tensors.setting(value, f"parameters.{name}", default)
@@ -683,7 +684,7 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
                 entries[i]["weight"] = per(i, "weight")
         if method != "average":
             parameters["lambda"] = tensors.setting(
-                one_value("alpha"), "alpha", plan.allowed["alpha"]
+                one_value("alpha"), "alpha", defaults["alpha"]
             )
     if method == "ties":
         parameters["density"] = top("density")
@@ -706,7 +707,7 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
         parameters["rescale"] = tensors.setting(
             _map_numbers(rescale, lambda r: r != "none"),
             "rescale",
-            plan.allowed["rescale"] != "none",
+            defaults["rescale"] != "none",
         )
     if method == "dare_ties" and (
         shared["density"] != 1.0 or any("density" in p for p in per_model)

@@ -21,17 +21,6 @@ if TYPE_CHECKING:
     from l2smerge.merge.config import MergeConfig
     from l2smerge.methods import MergeMethod
 
-# Valid ranges of the shared parameters, checked before any tensor is read:
-# name: (low, high, low_inclusive, high_inclusive)
-PARAM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "density": (0.0, 1.0, True, True),
-    "drop_rate": (0.0, 1.0, True, False),
-    "omega": (0.0, 1.0, True, True),
-    "temperature": (0.0, math.inf, False, True),
-    "rank": (0, math.inf, True, True),
-    "threshold": (0.0, math.inf, True, True),
-    "iterations": (1, math.inf, True, True),
-}
 # The merge computes in float32: a parameter beyond its range becomes inf at the first tensor.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -112,10 +101,23 @@ def _wants(default: Any) -> tuple[str, Any] | None:
     return None
 
 
-def check_parameter(name: str, value: Any, default: Any, where: str) -> None:
-    """One parameter spec: every value the type of the method's default (a number where it
-    wants a number: `density: yes` or `density: lots` is refused), depth lists only of
-    numbers, and every number in range."""
+def check_parameter(
+    method: MergeMethod, name: str, value: Any, where: str, *, per_model: bool = False
+) -> None:
+    """One parameter spec of `method`, as its declaration says (methods/registry.py): every
+    value the type of the method's default (a number where it wants a number: `density: yes`
+    or `density: lots` is refused), depth lists only of numbers, one value for the whole model
+    where the method wants one, set per model only where it may be, every number in range."""
+    default = method.params[name]
+    if per_model and name not in method.per_model:
+        raise L2SError(
+            f"{where}.{name}: {method.name} takes one {name} for all models, not one per model"
+        )
+    if name in method.whole_model and isinstance(value, (list, dict)):
+        raise L2SError(
+            f"{where}.{name}: {method.name} takes one value for the whole model, not a depth "
+            "list or name rules"
+        )
     wants = _wants(default)
     for leaf, in_list in _leaves(value):
         if wants is not None and not wants[1](leaf):
@@ -126,10 +128,6 @@ def check_parameter(name: str, value: Any, default: Any, where: str) -> None:
                 f"{where}.{name}: a depth list interpolates between numbers; give one "
                 f"{wants[0] if wants else 'value'} (or name rules)"
             )
-    check_range(name, value, where)
-
-
-def check_range(name: str, value: Any, where: str) -> None:
     for x in iter_numbers(value):
         if not math.isfinite(x):
             raise L2SError(f"{where}: {name} = {x} is not a finite number")
@@ -138,53 +136,40 @@ def check_range(name: str, value: Any, where: str) -> None:
                 f"{where}: {name} = {x:g} is beyond float32's range (±3.4e38), in which "
                 "the merge computes"
             )
-    if name not in PARAM_RANGES:
-        return
-    low, high, low_inclusive, high_inclusive = PARAM_RANGES[name]
-    for x in iter_numbers(value):
-        below = x < low or (x == low and not low_inclusive)
-        above = x > high or (x == high and not high_inclusive)
-        if below or above:
-            opening = "[" if low_inclusive else "("
-            closing = "]" if high_inclusive else ")"
-            raise L2SError(f"{where}: {name} = {x} is outside {opening}{low}, {high}{closing}")
+        if name in method.ranges and x not in method.ranges[name]:
+            raise L2SError(f"{where}: {name} = {x} is outside {method.ranges[name]}")
 
 
 def method_parameters(
-    method_name: str, on: str | None, specs: list[tuple[str, dict[str, Any]]]
-) -> tuple[MergeMethod, dict[str, Any]]:
-    """Check the parameter specs given for `method_name` (`on`: its inner method) and return
-    the method and every parameter name it accepts -> default. `specs`: (where, params)."""
-    from l2smerge.methods import get_method
+    method_name: str, on: str | None, specs: list[tuple[str, dict[str, Any], bool]]
+) -> MergeMethod:
+    """The one parameter check, made by `merge`, YAML configs and sweep files before any work:
+    the method (`on`: the inner method of a wrapper) exists and takes every parameter of
+    `specs` (where, parameters, whether they are one model's), each valid. Returns the
+    method."""
+    from l2smerge.methods import resolve_method
 
-    method = get_method(method_name)
-    allowed = {k: v for k, v in method.params.items() if k != "on"}
-    if on is not None and "on" not in method.params:
-        raise L2SError(f"method {method_name!r} does not wrap another method; drop --on")
-    inner_name = on if on is not None else method.params.get("on")
-    if inner_name is not None:  # `aim` without --on wraps its default inner method
-        inner = get_method(inner_name)
-        allowed = {**inner.params, **allowed}
-    for where, params in specs:
+    method = resolve_method(method_name, on)
+    for where, params, per_model in specs:
         for name, value in params.items():
-            if name not in allowed:
-                takes = ", ".join(sorted(allowed)) or "no parameters"
+            if name not in method.params:
+                takes = ", ".join(sorted(method.params)) or "none"
                 raise L2SError(
-                    f"{where}: method {method_name!r} has no parameter {name!r} (takes: {takes})"
+                    f"{where}.{name}: {method.name} has no parameter {name!r} (it takes {takes})"
                 )
-            check_parameter(name, value, allowed[name], where)
-    return method, allowed
+            check_parameter(method, name, value, where, per_model=per_model)
+    return method
 
 
 class ParameterResolver:
-    """Turns the config's parameter specs into plain per-tensor values for the method fn.
+    """Turns the config's parameter specs into plain values for the method: per tensor for
+    its function (`resolve`), for the whole merge for its prepare hook (`uniform`,
+    `for_models`). A parameter set per model anywhere resolves to a list (one value per
+    model, in --model order)."""
 
-    `allowed` maps every parameter name the method takes to its default. A parameter set
-    per model anywhere resolves to a list (one value per model, in --model order)."""
-
-    def __init__(self, config: MergeConfig, allowed: dict[str, Any], num_layers: int) -> None:
+    def __init__(self, config: MergeConfig, method: MergeMethod, num_layers: int) -> None:
         self.config = config
-        self.allowed = allowed
+        self.defaults = method.params
         self.num_layers = num_layers
         self.per_model_names = {n for m in config.models for n in m.parameters}
 
@@ -204,8 +189,26 @@ class ParameterResolver:
                 out[name] = shared
         return out
 
+    def uniform(self, name: str) -> Any:
+        """The parameter's value when it is one value for every tensor and model (given once,
+        or the default); None when it varies by tensor or model."""
+        values = self.for_models(name)
+        return values[0] if values and all(v == values[0] for v in values[1:]) else None
+
+    def for_models(self, name: str) -> list[Any]:
+        """Each model's value (its own, else the shared one, else the default); None for a
+        model whose value varies by tensor (a depth list or name rules)."""
+        shared = self.config.parameters.get(name, self.defaults[name])
+        values = [m.parameters.get(name, shared) for m in self.config.models]
+        return [None if isinstance(v, (list, dict)) else v for v in values]
+
     def _one(self, spec, name, tensor_name, depth, fallback=_NO_MATCH):
         value = _NO_MATCH if spec is _NO_MATCH else resolve_value(spec, tensor_name, depth)
         if value is _NO_MATCH:
-            value = fallback if fallback is not _NO_MATCH else self.allowed[name]
+            value = fallback if fallback is not _NO_MATCH else self.defaults[name]
         return value
+
+
+def parameters_of(config: MergeConfig) -> ParameterResolver:
+    """The checked parameters of `config` for a prepare hook called outside a merge."""
+    return ParameterResolver(config, config.check_parameters(), num_layers=0)

@@ -13,6 +13,7 @@ from typing import Any
 
 import l2smerge
 from l2smerge.merge.config import MergeConfig
+from l2smerge.methods.registry import Paper
 from l2smerge.util.cache import cached_file_sha256, file_sha256
 
 
@@ -47,34 +48,22 @@ class Fingerprinter:
         return self.result
 
 
-# The paper of each merge method, for the model card: (citation, URL).
-METHOD_PAPERS: dict[str, tuple[str, str]] = {
-    "average": ("Wortsman et al. 2022, Model soups", "https://arxiv.org/abs/2203.05482"),
-    "task_arithmetic": (
-        "Ilharco et al. 2023, Editing Models with Task Arithmetic",
-        "https://arxiv.org/abs/2212.04089",
-    ),
-    "ties": ("Yadav et al. 2023, TIES-Merging", "https://arxiv.org/abs/2306.01708"),
-    "dare_ta": (
-        "Yu et al. 2024, Language Models are Super Mario (DARE)",
-        "https://arxiv.org/abs/2311.03099",
-    ),
-    "dare_ties": (
-        "Yu et al. 2024, Language Models are Super Mario (DARE)",
-        "https://arxiv.org/abs/2311.03099",
-    ),
-    "lore": ("Liu et al. 2025, LoRE-Merging", "https://arxiv.org/abs/2502.10749"),
-    "twin": ("Lu et al. 2024, Twin-Merging", "https://arxiv.org/abs/2406.15479"),
-    "aim": (
-        "Nobari et al. 2025, Activation-Informed Merging of Large Language Models",
-        "https://arxiv.org/abs/2502.02421",
-    ),
-    "sens": ("Liu et al. 2025, Sens-Merging", "https://arxiv.org/abs/2502.12420"),
-}
 STUDY = (
     "Wu et al. 2025, Unlocking Efficient Long-to-Short LLM Reasoning with Model Merging",
     "https://arxiv.org/abs/2503.20641",
 )
+
+
+def _papers(method: str, on: str | None) -> tuple[Paper, ...]:
+    """The papers the method's registration names (none for a method no longer registered,
+    e.g. in the record of an old merge)."""
+    from l2smerge.methods import resolve_method
+    from l2smerge.util.errors import L2SError
+
+    try:
+        return resolve_method(method, on).papers
+    except L2SError:
+        return ()
 
 
 def hub_source(path: str | Path) -> dict[str, str] | None:
@@ -174,12 +163,8 @@ def model_card(
             where = f"[{item['hub_id']}]({link}) (revision `{item['revision']}`)"
         lines.append(f"| {item['role']} | {where} | `{item.get('fingerprint', '-')}` |")
     lines += ["", "## Method", ""]
-    for part in [method, on] if on else [method]:
-        if part in METHOD_PAPERS:
-            cite, url = METHOD_PAPERS[part]
-            lines.append(f"- `{part}`: [{cite}]({url})")
-        else:
-            lines.append(f"- `{part}`")
+    papers = "; ".join(f"[{p.citation}]({p.url})" for p in _papers(method, on))
+    lines.append(f"- `{name}`" + (f": {papers}" if papers else ""))
     if record.get("preset"):
         lines.append(f"- preset `{record['preset']}` (the study's settings)")
     lines += ["", "Parameters:", ""]

@@ -1,16 +1,28 @@
-"""Merge methods. Importing this package registers every method module listed below."""
+"""Merge methods. Importing this package imports every module in it, and so registers every
+method: a new method is a new module here (docs/methods.md, "Adding a method"). A module
+that fails to import fails the import of the package, naming the module."""
 
 import importlib
+import pkgutil
 
-from l2smerge.methods.registry import METHODS, MergeMethod, get_method, register
+from l2smerge.methods.registry import (
+    METHODS,
+    WRAPPERS,
+    MergeMethod,
+    get_method,
+    register,
+    resolve_method,
+)
 
-# One module per family; a module not written yet is skipped.
-_MODULES = ("task_vector", "svd", "aim", "sens")
-for _name in _MODULES:
-    try:
-        importlib.import_module(f"l2smerge.methods.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"l2smerge.methods.{_name}":
-            raise
 
-__all__ = ["METHODS", "MergeMethod", "get_method", "register"]
+def _import_method_modules() -> None:
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except Exception as exc:
+            raise ImportError(f"merge method module {__name__}.{module}: {exc}") from exc
+
+
+_import_method_modules()
+
+__all__ = ["METHODS", "WRAPPERS", "MergeMethod", "get_method", "register", "resolve_method"]

@@ -8,18 +8,24 @@ Embeddings and biases keep θmerged; so do the output head and the norms unless
 `relax_head_and_norms` (AIM's reference code relaxes them too: a norm's weight entry by
 entry, the head column by column, from the importance of their inputs).
 
-`aim --on METHOD` wraps any method; `aim_ties` is `aim --on ties` as its own method name.
+AIM is a wrapper (methods/registry.py): `aim_<METHOD>` exists for every registered method and
+is `aim --on METHOD`; bare `aim` is `aim_ties`, as the study ran it.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from l2smerge.methods.registry import CONTEXT_ARGS, METHODS, get_method, register
+from l2smerge.methods.registry import (
+    UNIT,
+    MergeMethod,
+    Paper,
+    PerTensorFn,
+    Wrapper,
+    register_wrapper,
+)
 from l2smerge.util.errors import L2SError
 
 
@@ -35,45 +41,35 @@ def apply_importance(
     return merged - (merged - base) * shrink
 
 
-def _calibration_fields(config: Any, default: str) -> str:
-    value = (config.parameters or {}).get("calibration_fields", default)
-    if not isinstance(value, str):
-        raise L2SError(
-            "calibration_fields: give one comma-separated string, e.g. question,short_answer"
-        )
-    return value
+AIM_PAPER = Paper(
+    "Nobari et al. 2025, Activation-Informed Merging of Large Language Models",
+    "https://arxiv.org/abs/2502.02421",
+)
+DEFAULT_FIELDS = "question,short_answer"
+# AIM's own parameters (with their defaults) beside the inner method's.
+AIM_PARAMS = {"omega": 0.4, "calibration_fields": DEFAULT_FIELDS, "relax_head_and_norms": False}
 
 
-def _check_inner(on: str) -> None:
-    if on == "aim" or on.startswith("aim_"):
-        raise L2SError(f"aim --on {on}: AIM cannot wrap itself; choose a plain method")
-    get_method(on)  # an unknown name is a clear error here, before any statistics
-
-
-def prepare_aim(config: Any, *, progress: bool = True) -> Callable[[str], dict[str, Any]]:
+def prepare_aim(config: Any, params: Any, *, progress: bool = True) -> PerTensorFn:
     """Compute (or load from the cache) the base's activation importances once per merge."""
     from l2smerge import calibration
 
-    _check_inner(getattr(config, "on", None) or "ties")
     if config.base is None:
         raise L2SError("aim needs --base: its activations are measured on the base model")
     if config.calibration is None:
         raise L2SError(
             "aim needs --calibration FILE (JSONL of question, short_answer, long_answer)"
         )
-    if any("calibration_fields" in m.parameters or m.calibration for m in config.models):
+    if any(m.calibration for m in config.models):
         raise L2SError(
             "aim: calibration data is run through the base, so give one --calibration FILE "
-            "and one calibration_fields for all models"
+            "for all models"
         )
-    fields = calibration.parse_fields(_calibration_fields(config, "question,short_answer"), "aim")
-    relax = (config.parameters or {}).get("relax_head_and_norms", False)
-    if not isinstance(relax, bool):
-        raise L2SError("aim: relax_head_and_norms is true or false, once for the whole model")
+    fields = calibration.parse_fields(params.uniform("calibration_fields"), "aim")
     importance = calibration.aim_importance(
         config.base, config.calibration, fields=fields, device=config.device, progress=progress
     )
-    if not relax:
+    if not params.uniform("relax_head_and_norms"):
         from l2smerge.calibration.activations import output_head_name
         from l2smerge.merge.checkpoint import Checkpoint
 
@@ -95,78 +91,84 @@ def prepare_aim(config: Any, *, progress: bool = True) -> Callable[[str], dict[s
     return per_tensor
 
 
-def _context_for(inner_name: str, context: dict[str, Any]) -> dict[str, Any]:
-    wanted = get_method(inner_name).context
-    return {k: v for k, v in context.items() if k in wanted}
+def aim_on(inner: MergeMethod, name: str) -> MergeMethod:
+    """AIM on top of `inner`: inner's parameters and AIM's, inner's statistics and the base's
+    activation importances. AIM runs on whole tensors (never in row blocks)."""
+    inner_context = inner.context - {"thresholds", "block_offset"}
 
-
-@register("aim", prepare=prepare_aim)
-def aim(
-    tensors: list[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    on: str = "ties",
-    omega: float = 0.4,
-    calibration_fields: str = "question,short_answer",
-    relax_head_and_norms: bool = False,
-    importance: torch.Tensor | None = None,
-    tensor_name: str | None = None,
-    generator: torch.Generator | None = None,
-    **inner_params: Any,
-) -> torch.Tensor:
-    """AIM on top of the method `on`: shrink its change on the base's important input channels."""
-    _check_inner(on)
-    if not 0.0 <= omega <= 1.0:
-        raise L2SError(f"aim: omega = {omega} is outside [0, 1]")
-    inner = get_method(on)
-    unknown = set(inner_params) - set(inner.params)
-    if unknown:
-        raise L2SError(
-            f"aim --on {on}: unknown parameter {sorted(unknown)[0]!r}; "
-            f"{on} takes {', '.join(inner.params) or 'no parameters'}"
-        )
-    context = {"tensor_name": tensor_name, "generator": generator}
-    merged = inner.fn(tensors, base, **inner_params, **_context_for(on, context))
-    if importance is None:
-        return merged
-    if merged.ndim not in (1, 2) or merged.shape[-1] != importance.numel():
-        raise L2SError(
-            f"aim: tensor {tensor_name!r} of shape {tuple(merged.shape)} does not match its "
-            f"importance of {importance.numel()} input channels"
-        )
-    return apply_importance(merged, base, importance, omega)
-
-
-def register_aim_on(inner_name: str) -> None:
-    """Register `aim_<inner>`: AIM fixed on one inner method, with that method's parameters
-    (and ω) as its own, so `--method aim_ties --density 0.2` works like any method."""
-    inner = get_method(inner_name)
-    name = f"aim_{inner_name}"
-
-    def aim_on(tensors: list[torch.Tensor], base: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return aim(tensors, base, on=inner_name, **kwargs)
-
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    parameters = [
-        inspect.Parameter("tensors", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("base", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("omega", keyword, default=0.4),
-        inspect.Parameter("calibration_fields", keyword, default="question,short_answer"),
-        inspect.Parameter("relax_head_and_norms", keyword, default=False),
-        *(inspect.Parameter(p, keyword, default=d) for p, d in inner.params.items()),
-        *(
-            inspect.Parameter(c, keyword, default=None)
-            # not "thresholds", "block_offset": AIM runs on whole tensors, never in row blocks
-            for c in sorted(
-                CONTEXT_ARGS & (inner.context | {"importance"}) - {"thresholds", "block_offset"}
+    def fn(
+        tensors: list[torch.Tensor],
+        base: torch.Tensor,
+        *,
+        omega: float = AIM_PARAMS["omega"],
+        calibration_fields: str = AIM_PARAMS["calibration_fields"],
+        relax_head_and_norms: bool = AIM_PARAMS["relax_head_and_norms"],
+        importance: torch.Tensor | None = None,
+        tensor_name: str | None = None,
+        **inner_kwargs: Any,
+    ) -> torch.Tensor:
+        if not 0.0 <= omega <= 1.0:
+            raise L2SError(f"aim: omega = {omega} is outside [0, 1]")
+        if "tensor_name" in inner.context:
+            inner_kwargs["tensor_name"] = tensor_name
+        merged = inner.fn(tensors, base, **inner_kwargs)
+        if importance is None:
+            return merged
+        if merged.ndim not in (1, 2) or merged.shape[-1] != importance.numel():
+            raise L2SError(
+                f"aim: tensor {tensor_name!r} of shape {tuple(merged.shape)} does not match "
+                f"its importance of {importance.numel()} input channels"
             )
-        ),
-    ]
-    aim_on.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    aim_on.__name__ = name
-    aim_on.__doc__ = f"AIM on top of {inner_name} (= aim --on {inner_name})."
-    register(name, prepare=prepare_aim)(aim_on)
+        return apply_importance(merged, base, importance, omega)
+
+    def prepare(config: Any, params: Any, *, progress: bool = True) -> PerTensorFn:
+        hooks = [prepare_aim(config, params, progress=progress)]
+        if inner.prepare is not None:
+            hooks.insert(0, inner.prepare(config, params, progress=progress))
+        return lambda tensor_name: {k: v for h in hooks for k, v in h(tensor_name).items()}
+
+    return MergeMethod(
+        name,
+        fn,
+        {**inner.params, **AIM_PARAMS},
+        # tensor_name too: AIM's error names the tensor
+        inner_context | {"importance", "tensor_name"},
+        needs_base=True,
+        summary=f"AIM on top of {inner.name} (= aim --on {inner.name}).",
+        prepare=prepare,
+        ranges={**inner.ranges, "omega": UNIT},
+        per_model=inner.per_model,
+        whole_model=inner.whole_model | {"calibration_fields", "relax_head_and_norms"},
+        default_dtype=inner.default_dtype,
+        papers=(AIM_PAPER, *inner.papers),
+        inner=inner.name,
+    )
 
 
-if "ties" in METHODS:
-    register_aim_on("ties")
+def aim(
+    tensors: list[torch.Tensor], base: torch.Tensor, *, on: str = "ties", **kwargs: Any
+) -> torch.Tensor:
+    """AIM on top of the method `on`, called directly on tensors (the executor calls the
+    registered `aim_<on>`): its parameters, AIM's and the context as keyword arguments."""
+    from l2smerge.methods.registry import resolve_method
+
+    method = resolve_method("aim", on)
+    unknown = set(kwargs) - set(method.params) - method.context - {"generator"}
+    if unknown:
+        takes = ", ".join(p for p in method.params if p not in AIM_PARAMS) or "no parameters"
+        raise L2SError(
+            f"aim --on {on}: unknown parameter {sorted(unknown)[0]!r}; {on} takes {takes}"
+        )
+    if "generator" not in method.context:
+        kwargs.pop("generator", None)
+    return method.fn(tensors, base, **kwargs)
+
+
+register_wrapper(
+    Wrapper(
+        "aim",
+        aim_on,
+        default_inner="ties",
+        summary="AIM on top of any method: shrink its change on the base's important inputs.",
+    )
+)

@@ -8,41 +8,24 @@ reach `sens` as its `alpha` list. docs/methods.md gives every formula and open c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from l2smerge.methods.registry import register
+from l2smerge.methods.registry import POSITIVE, Paper, PerTensorFn, register
 from l2smerge.util.errors import L2SError, warn
 
 DEFAULT_FIELDS = "question,short_answer,long_answer"
 
 
-def _scalar(config: Any, name: str, default: float) -> float:
-    value = (config.parameters or {}).get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise L2SError(f"sens: {name} must be one number (Sens sets per-layer values itself)")
-    if any(name in m.parameters for m in config.models):
-        raise L2SError(f"sens: {name} cannot be set per model (Sens sets per-model values itself)")
-    return float(value)
-
-
-def _fields(value: Any, where: str) -> tuple[str, ...]:
-    from l2smerge.calibration import parse_fields
-
-    if not isinstance(value, str):
-        raise L2SError(f"{where}: calibration_fields: give one comma-separated string")
-    return parse_fields(value, "sens")
-
-
-def calibration_per_model(config: Any) -> tuple[list[Path], list[tuple[str, ...]]]:
+def calibration_per_model(config: Any, params: Any) -> tuple[list[Path], list[tuple[str, ...]]]:
     """Each model's calibration file (its own `calibration`, else the shared one) and fields
     (its own `calibration_fields`, else the shared ones, else question + both answers)."""
-    shared_fields = (config.parameters or {}).get("calibration_fields", DEFAULT_FIELDS)
-    files, fields = [], []
-    for i, model in enumerate(config.models):
+    from l2smerge.calibration import parse_fields
+
+    files = []
+    for model in config.models:
         file = model.calibration or config.calibration
         if file is None:
             raise L2SError(
@@ -51,21 +34,19 @@ def calibration_per_model(config: Any) -> tuple[list[Path], list[tuple[str, ...]
                 "long_answer)"
             )
         files.append(Path(file))
-        value = model.parameters.get("calibration_fields", shared_fields)
-        fields.append(_fields(value, f"models[{i}] ({model.path})"))
+    fields = [parse_fields(f, "sens") for f in params.for_models("calibration_fields")]
     return files, fields
 
 
-def prepare_sens(config: Any, *, progress: bool = True) -> Callable[[str], dict[str, Any]]:
+def prepare_sens(config: Any, params: Any, *, progress: bool = True) -> PerTensorFn:
     """Sensitivities and alignment (cached), then λ_k^l for every layer; per tensor, its
     layer's coefficients as the `alpha` list (tensors outside every layer keep α)."""
     from l2smerge import calibration
 
     if config.base is None:
         raise L2SError("sens needs --base: sensitivities are of the task vectors θk − θ0")
-    alpha = _scalar(config, "alpha", 0.7)
-    temperature = _scalar(config, "temperature", 2.0)
-    files, fields = calibration_per_model(config)
+    alpha, temperature = float(params.uniform("alpha")), float(params.uniform("temperature"))
+    files, fields = calibration_per_model(config, params)
     sensitivities, alignment = calibration.sens_statistics(
         config.base,
         [m.path for m in config.models],
@@ -95,7 +76,12 @@ def prepare_sens(config: Any, *, progress: bool = True) -> Callable[[str], dict[
     return per_tensor
 
 
-@register("sens", prepare=prepare_sens, default_dtype="float32")
+@register(
+    "sens", prepare=prepare_sens, default_dtype="float32", ranges={"temperature": POSITIVE},
+    # α and T are turned into per-layer, per-model coefficients by prepare_sens
+    whole_model=("alpha", "temperature", "calibration_fields"), per_model=("calibration_fields",),
+    papers=(Paper("Liu et al. 2025, Sens-Merging", "https://arxiv.org/abs/2502.12420"),),
+)  # fmt: skip
 def sens(
     tensors: list[torch.Tensor],
     base: torch.Tensor,

@@ -7,13 +7,12 @@ useful low-rank structure and follow the plain rule documented on each method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from l2smerge.methods.registry import register
+from l2smerge.methods.registry import NON_NEGATIVE, Paper, PerTensorFn, Range, register
 from l2smerge.util.errors import L2SError, warn
 
 # Randomized SVD (Halko, Martinsson & Tropp 2011) for small ranks: a Gaussian sketch of
@@ -124,17 +123,7 @@ def lore_estimate(
     return LoreEstimate(base, deltas, changes)
 
 
-def _scalar_parameter(config: Any, name: str, default: float) -> float | None:
-    """A parameter's value when it is one number for every tensor and model, else None."""
-    if any(name in m.parameters for m in config.models):
-        return None
-    value = (config.parameters or {}).get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def prepare_lore(config: Any) -> Callable[[str], dict[str, Any]]:
+def prepare_lore(config: Any, params: Any, *, progress: bool = True) -> PerTensorFn:
     """No statistics: warn when the merge provably returns the models' mean or an input."""
     k = len(config.models)
     if config.base is None and k == 1:
@@ -147,9 +136,7 @@ def prepare_lore(config: Any) -> Callable[[str], dict[str, Any]]:
             "vectors relative to it, as the study's LoRE row needs"
         )
     elif config.base is not None and k == 1:
-        alpha = _scalar_parameter(config, "alpha", 1.0)
-        rank = _scalar_parameter(config, "rank", 0)
-        threshold = _scalar_parameter(config, "threshold", 0.1)
+        alpha, rank, threshold = (params.uniform(n) for n in ("alpha", "rank", "threshold"))
         if alpha == 0:
             warn("lore with alpha 0 returns the --base unchanged")
         elif alpha == 1 and rank == 0 and threshold == 0:
@@ -174,7 +161,15 @@ def low_rank_task_vectors(
     return [shrink_singular_values(svd, mu) for svd in svds]
 
 
-@register("lore", needs_base=False, optional_base=True, prepare=prepare_lore)
+LORE = Paper("Liu et al. 2025, LoRE-Merging", "https://arxiv.org/abs/2502.10749")
+TWIN = Paper("Lu et al. 2024, Twin-Merging", "https://arxiv.org/abs/2406.15479")
+RANKS = Range(0)  # 0: LoRE chooses each rank by thresholding
+
+
+@register(
+    "lore", needs_base=False, optional_base=True, prepare=prepare_lore,
+    ranges={"rank": RANKS, "threshold": NON_NEGATIVE, "iterations": Range(1)}, papers=(LORE,),
+)  # fmt: skip
 def lore(
     tensors: list[torch.Tensor],
     base: torch.Tensor | None,
@@ -212,7 +207,7 @@ def lore(
     return estimate.base + alpha * torch.stack(estimate.deltas).sum(dim=0)
 
 
-@register("twin", needs_base=True)
+@register("twin", ranges={"rank": RANKS}, papers=(TWIN,))
 def twin(
     tensors: list[torch.Tensor],
     base: torch.Tensor,

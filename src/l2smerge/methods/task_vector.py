@@ -10,12 +10,11 @@ study's formulas as they were.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from l2smerge.methods.registry import register
+from l2smerge.methods.registry import UNIT, Paper, PerTensorFn, Range, register
 from l2smerge.methods.sparsify import (
     TIE_BREAKS,
     MagnitudeTrim,
@@ -80,13 +79,27 @@ def _consensus(
     return mixed.add_(base)
 
 
-def _warn_single_model(config) -> Callable[[str], dict[str, Any]]:
-    if len(config.models) == 1 and config.parameters.get("normalize", True) is True:
+SOUPS = Paper("Wortsman et al. 2022, Model soups", "https://arxiv.org/abs/2203.05482")
+TASK_ARITHMETIC = Paper(
+    "Ilharco et al. 2023, Editing Models with Task Arithmetic", "https://arxiv.org/abs/2212.04089"
+)
+TIES = Paper("Yadav et al. 2023, TIES-Merging", "https://arxiv.org/abs/2306.01708")
+DARE = Paper(
+    "Yu et al. 2024, Language Models are Super Mario (DARE)", "https://arxiv.org/abs/2311.03099"
+)
+DROP_RATE = Range(0.0, 1.0, high_inclusive=False)  # p = 1 would rescale by 1/0
+
+
+def _warn_single_model(config: Any, params: Any, *, progress: bool = True) -> PerTensorFn:
+    if len(config.models) == 1 and params.uniform("normalize") is True:
         warn("average of one --model returns that model unchanged (list System 1 and System 2)")
     return lambda _tensor_name: {}
 
 
-@register("average", needs_base=False, elementwise=True, linear=True, prepare=_warn_single_model)
+@register(
+    "average", needs_base=False, elementwise=True, linear=True, prepare=_warn_single_model,
+    per_model=("weight",), papers=(SOUPS,),
+)  # fmt: skip
 def average(
     tensors: list[torch.Tensor],
     base: torch.Tensor | None,
@@ -133,7 +146,10 @@ def _divisor(weights: list[float], normalize: bool) -> float:
     return 1.0 if abs(divisor) < 1e-8 else divisor
 
 
-@register("task_arithmetic", elementwise=True, linear=True)
+@register(
+    "task_arithmetic", elementwise=True, linear=True, per_model=("alpha", "weight"),
+    papers=(TASK_ARITHMETIC,),
+)  # fmt: skip
 def task_arithmetic(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
@@ -168,7 +184,10 @@ def _ties_trims(
     return {"thresholds": trims}
 
 
-@register("ties", block_stats=_ties_trims)
+@register(
+    "ties", block_stats=_ties_trims, ranges={"density": UNIT},
+    per_model=("alpha", "density", "weight"), papers=(TIES,),
+)  # fmt: skip
 def ties(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
@@ -210,7 +229,10 @@ def ties(
     )
 
 
-@register("dare_ta")
+@register(
+    "dare_ta", ranges={"drop_rate": DROP_RATE}, per_model=("alpha", "drop_rate", "weight"),
+    papers=(DARE, TASK_ARITHMETIC),
+)  # fmt: skip
 def dare_ta(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
@@ -235,7 +257,10 @@ def dare_ta(
     return _mix(dropped, base, factors, scale, divisor)
 
 
-@register("dare_ties")
+@register(
+    "dare_ties", ranges={"drop_rate": DROP_RATE, "density": UNIT},
+    per_model=("alpha", "drop_rate", "density", "weight"), papers=(DARE, TIES),
+)  # fmt: skip
 def dare_ties(
     tensors: list[torch.Tensor],
     base: torch.Tensor,
