@@ -23,6 +23,24 @@ def _number_list(option: str, text: str | None) -> float | list[float] | None:
     return values[0] if len(values) == 1 else values
 
 
+def parse_params(texts: list[str] | None) -> dict[str, object]:
+    """Repeatable `--param NAME=VALUE`: any parameter of the method, VALUE read as YAML (as in
+    a merge config): a number, true/false or text; a list gives one value per --model; a
+    mapping gives name rules."""
+    from l2smerge.util.yamlfile import load_yaml_text
+
+    params: dict[str, object] = {}
+    for text in texts or []:
+        name, sep, value = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name.isidentifier():
+            raise L2SError(f"--param {text!r}: expected NAME=VALUE, e.g. --param alpha=0.7")
+        if name in params:
+            raise L2SError(f"--param {name}: given twice")
+        params[name] = load_yaml_text(value, f"--param {name}")
+    return params
+
+
 def _model_index(key: str, models: list[Path]) -> int | None:
     """Which --model `key` names: the path as given, the same folder, or its folder name."""
     for i, m in enumerate(models):
@@ -153,6 +171,16 @@ def merge(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="Any parameter of the method (l2smerge methods lists them), e.g. "
+            "--param tie_break=mergekit; VALUE as in YAML: [0.7, 0.3] gives one value per "
+            "--model. Repeat for several.",
+        ),
+    ] = None,
     to_mergekit: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -166,7 +194,7 @@ def merge(
     from l2smerge.merge.config import MergeConfig
     from l2smerge.merge.executor import run_merge
 
-    parameters = {
+    named = {
         "alpha": _number_list("--alpha", alpha),
         "density": _number_list("--density", density),
         "drop_rate": _number_list("--drop-rate", drop_rate),
@@ -175,6 +203,12 @@ def merge(
         "temperature": temperature,
         "rank": rank,
     }
+    named = {k: v for k, v in named.items() if v is not None}
+    extra = parse_params(param)
+    both = sorted(set(named) & set(extra))
+    if both:
+        raise L2SError(f"--{both[0].replace('_', '-')} and --param {both[0]}: give it once")
+    parameters = {**named, **extra}
     fields = dict(
         on=on,
         seed=seed,
@@ -215,11 +249,14 @@ def merge(
         shared_fields, own_fields = per_model_values(
             "--calibration-fields", calibration_fields, models, is_file=False
         )
-        parameters["calibration_fields"] = (
-            [own_fields.get(i, shared_fields) for i in range(len(models))]
-            if own_fields
-            else shared_fields
-        )
+        if calibration_fields:
+            if "calibration_fields" in parameters:
+                raise L2SError("--calibration-fields and --param calibration_fields: give it once")
+            parameters["calibration_fields"] = (
+                [own_fields.get(i, shared_fields) for i in range(len(models))]
+                if own_fields
+                else shared_fields
+            )
         config = MergeConfig.build(
             method=method,
             models=models,

@@ -15,7 +15,8 @@ from l2smerge.methods.registry import (
 )
 
 
-def _import_method_modules() -> None:
+def discover() -> None:
+    """Import every module of this package not imported yet (each registers its methods)."""
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
         try:
             importlib.import_module(f"{__name__}.{module}")
@@ -23,6 +24,14 @@ def _import_method_modules() -> None:
             raise ImportError(f"merge method module {__name__}.{module}: {exc}") from exc
 
 
-_import_method_modules()
+discover()
 
-__all__ = ["METHODS", "WRAPPERS", "MergeMethod", "get_method", "register", "resolve_method"]
+__all__ = [
+    "METHODS",
+    "WRAPPERS",
+    "MergeMethod",
+    "discover",
+    "get_method",
+    "register",
+    "resolve_method",
+]
