@@ -234,11 +234,9 @@ class Point:
         floats (alpha: 1 is alpha: 1.0). Two points with one identity are one point."""
         method, on, params = self.method, self.on, self.parameters
         if self.preset is not None:
-            from l2smerge.merge.presets import get_preset
+            from l2smerge.merge.presets import apply_preset
 
-            spec = get_preset(self.preset)
-            method, on = spec["method"], on or spec["on"]
-            params = {**spec["parameters"], **params}
+            method, on, params = apply_preset(self.preset, method=method, on=on, parameters=params)
         return {
             "method": method,
             "on": on,
@@ -411,14 +409,15 @@ def _point(entry: Any, where: str, source: str) -> Point:
         if isinstance(value, list):
             raise L2SError(f"{where}.{key}: a list here is a grid axis; put it under grid:")
     if preset is not None:
-        from l2smerge.merge.presets import PRESETS
+        from l2smerge.merge.presets import PRESETS, apply_preset
 
         if preset not in PRESETS:
             raise L2SError(f"{where}.preset: unknown preset {preset!r}")
-        spec = PRESETS[preset]
-        if method is not None and method != spec["method"]:
-            raise L2SError(f"{where}.method: {method} conflicts with preset {preset}")
-        _check_method(spec["method"], spec.get("on"), {**spec["parameters"], **params}, where)
+        try:
+            applied = apply_preset(preset, method=method, on=on, parameters=params)
+        except L2SError as exc:
+            raise L2SError(f"{where}.method: {exc}") from None
+        _check_method(*applied, where)
     elif method is None:
         raise L2SError(f"{where}.method: required (or give a preset)")
     else:

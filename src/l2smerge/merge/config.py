@@ -127,18 +127,12 @@ class MergeConfig(BaseModel):
         calibration file (None: the shared `calibration`)."""
         params = {k: v for k, v in (parameters or {}).items() if v is not None}
         if preset is not None:
-            from l2smerge.merge.presets import get_preset
+            from l2smerge.merge.presets import apply_preset
 
-            spec = get_preset(preset)
-            if method is not None and method != spec["method"]:
-                raise L2SError(
-                    f"--method {method} conflicts with --preset {preset} "
-                    f"(which is {spec['method']}); drop one of them"
-                )
-            method = spec["method"]
-            if spec.get("on") and fields.get("on") is None:
-                fields["on"] = spec["on"]
-            params = {**spec["parameters"], **params}
+            method, fields["on"], params = apply_preset(
+                preset, method=method, on=fields.get("on"), parameters=params,
+                words=("--method", "--preset"),
+            )  # fmt: skip
         if method is None:
             raise L2SError("no merge method: pass --method NAME or --preset NAME")
         entries: list[dict[str, Any]] = [{"path": Path(m), "parameters": {}} for m in models]
@@ -196,22 +190,21 @@ class MergeConfig(BaseModel):
             translation.config._mergekit_notes = translation.notes
             return translation.config
         if data.get("preset") is not None:
-            from l2smerge.merge.presets import get_preset
+            from l2smerge.merge.presets import apply_preset
 
             if not isinstance(data["preset"], str):
                 raise L2SError(f"{path}: preset: expected a preset name, got {data['preset']!r}")
-            spec = get_preset(data["preset"])
-            if data.setdefault("method", spec["method"]) != spec["method"]:
-                raise L2SError(
-                    f"{path}: method {data['method']!r} conflicts with preset "
-                    f"{data['preset']!r} (which is {spec['method']}); drop one of them"
-                )
-            if spec.get("on"):
-                data.setdefault("on", spec["on"])
             given = data.get("parameters") or {}
             if not isinstance(given, dict):
                 raise L2SError(f"{path}: parameters: expected a mapping, got {given!r}")
-            data["parameters"] = {**spec["parameters"], **given}
+            try:
+                data["method"], on, data["parameters"] = apply_preset(
+                    data["preset"], method=data.get("method"), on=data.get("on"), parameters=given
+                )
+            except L2SError as exc:
+                raise L2SError(f"{path}: {exc}") from None
+            if on is not None:
+                data["on"] = on
         try:
             config = cls.model_validate(data)
         except ValidationError as exc:

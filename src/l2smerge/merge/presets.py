@@ -61,3 +61,24 @@ def get_preset(name: str) -> dict[str, Any]:
         raise L2SError(f"unknown preset {name!r}; known presets: {known}")
     spec = PRESETS[name]
     return {"method": spec["method"], "on": spec["on"], "parameters": dict(spec["parameters"])}
+
+
+def apply_preset(
+    name: str,
+    *,
+    method: str | None = None,
+    on: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    words: tuple[str, str] = ("method", "preset"),
+) -> tuple[str, str | None, dict[str, Any]]:
+    """(method, inner method, parameters) of the preset `name` with what is given over it:
+    the given parameters override the preset's, a given inner method its inner method. A
+    given method other than the preset's is an error; `words` name the method and the preset
+    in it as the user wrote them (("--method", "--preset") on the command line)."""
+    spec = get_preset(name)
+    if method is not None and method != spec["method"]:
+        raise L2SError(
+            f"{words[0]} {method} conflicts with {words[1]} {name!r} (which is "
+            f"{spec['method']}); drop one of them"
+        )
+    return spec["method"], on or spec["on"], {**spec["parameters"], **(parameters or {})}
