@@ -36,6 +36,7 @@ from l2smerge.merge.checkpoint import (
     parse_size,
 )
 from l2smerge.merge.config import MergeConfig
+from l2smerge.merge.layers import count_layers
 from l2smerge.merge.parameters import ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod
@@ -108,10 +109,7 @@ def _num_layers(ckpt: Checkpoint) -> int:
     layers = cfg.get("num_hidden_layers")
     if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0:
         return layers
-    import re
-
-    found = [int(m.group(1)) for n in ckpt.tensors if (m := re.search(r"\.(\d+)\.", n))]
-    return max(found) + 1 if found else 1
+    return max(count_layers(ckpt.tensors), 1)
 
 
 def _missing_tensor(

@@ -35,7 +35,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from l2smerge.merge.config import MergeConfig, ModelEntry
-from l2smerge.merge.parameters import in_numbered_layer, layer_depth
+from l2smerge.merge.layers import layer_of
+from l2smerge.merge.parameters import layer_depth
 from l2smerge.util.errors import L2SError
 
 # mergekit merge_method -> l2smerge method
@@ -227,7 +228,7 @@ class Layout:
 
     @cached_property
     def outside_layers(self) -> list[str]:
-        return [n for n in self.names if not in_numbered_layer(n)]
+        return [n for n in self.names if layer_of(n) is None]
 
 
 def _gradient_rules(
@@ -242,7 +243,7 @@ def _gradient_rules(
     exact = {
         name: gradient[0]
         for name in matching
-        if not in_numbered_layer(name)
+        if layer_of(name) is None
         and (layout.num_layers <= 1 or layer_depth(name, layout.num_layers) != 0.0)
     }
     return exact, layers_value
@@ -547,7 +548,7 @@ class _Tensors:
         lone = self.num_layers <= 1
         fixes = []
         for name in matching:
-            if in_numbered_layer(name):
+            if layer_of(name) is not None:
                 continue
             ours = values[0] if layer_depth(name, self.num_layers) == 0.0 else values[-1]
             if ours != values[0] or lone:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from l2smerge.merge.layers import layer_of
 from l2smerge.util.errors import L2SError
 from l2smerge.util.schema import short_repr
 
@@ -24,26 +24,21 @@ if TYPE_CHECKING:
 # The merge computes in float32: a parameter beyond its range becomes inf at the first tensor.
 FLOAT32_MAX = 3.4028234663852886e38
 
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 # -- per-tensor resolution -----------------------------------------------------------------
 
 
-def in_numbered_layer(tensor_name: str) -> bool:
-    """Whether the tensor belongs to a numbered decoder layer (`model.layers.3.mlp...`)."""
-    return _LAYER.search(tensor_name) is not None
-
-
 def layer_depth(tensor_name: str, num_layers: int) -> float:
     """Position of a tensor in the network in [0, 1]: layer i of L is i/(L-1); tensors outside
-    the numbered layers count as 0 if they are input embeddings, else 1 (final norm, head)."""
-    m = _LAYER.search(tensor_name)
-    if m is None:
+    the numbered layers (merge/layers.py) count as 0 if they are input embeddings, else 1
+    (final norm, head)."""
+    layer = layer_of(tensor_name)
+    if layer is None:
         return 0.0 if "embed" in tensor_name else 1.0
     if num_layers <= 1:
         return 0.0
-    return min(int(m.group(1)) / (num_layers - 1), 1.0)
+    return min(layer[1] / (num_layers - 1), 1.0)
 
 
 def interpolate(values: list[float], depth: float) -> float:
