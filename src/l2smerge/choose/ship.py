@@ -54,7 +54,10 @@ def portable_recipe(record: dict[str, Any], folder: Path, relative_inputs: list[
             return path
         return os.path.relpath(path, folder)
 
-    data = {k: v for k, v in record["config"].items() if v is not None}
+    from l2smerge.merge.config import RUN_OPTIONS
+
+    # the recipe only (records of older merges kept run options in it)
+    data = {k: v for k, v in record["config"].items() if v is not None and k not in RUN_OPTIONS}
     data["base"] = keep(data.get("base"))
     for key in ("calibration", "tokenizer_from"):
         if key in data:

@@ -331,19 +331,18 @@ _PER_POINT_FIELDS = {"method", "models", "base", "parameters", "on", "preset"}
 
 
 def _check_merge_fields(merge: dict[str, Any], path: Path) -> None:
-    from l2smerge.merge.config import MergeConfig
+    from l2smerge.merge.config import KNOWN_KEYS, MergeConfig
 
     for key in merge:
         if key in _PER_POINT_FIELDS:
             raise L2SError(f"{path}: merge.{key}: set it per point or at the top level, not here")
-        if key not in MergeConfig.model_fields:
-            known = ", ".join(sorted(set(MergeConfig.model_fields) - _PER_POINT_FIELDS))
+        if key not in KNOWN_KEYS:
+            known = ", ".join(sorted(set(KNOWN_KEYS) - _PER_POINT_FIELDS))
             raise L2SError(f"{path}: merge.{key}: unknown key (known: {known})")
-    data = {"method": "average", "models": [], **merge}
     try:  # the values too (dtype, device, seed...), before any point runs
-        MergeConfig.model_validate(data)
-    except ValidationError as exc:
-        raise L2SError(f"{path}: merge.{describe_validation_error(exc, data)}") from None
+        MergeConfig.from_data({"method": "average", "models": [], **merge})
+    except L2SError as exc:
+        raise L2SError(f"{path}: merge.{exc}") from None
 
 
 def expand_points(spec: SweepSpec, path: str | Path = "sweep") -> list[Point]:

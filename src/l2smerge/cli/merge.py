@@ -209,14 +209,10 @@ def merge(
     if both:
         raise L2SError(f"--{both[0].replace('_', '-')} and --param {both[0]}: give it once")
     parameters = {**named, **extra}
-    fields = dict(
-        on=on,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-        tokenizer_from=tokenizer_from,
-        max_shard_size=max_shard_size,
-        allow_pickle=allow_pickle or None,
+    fields = dict(on=on, seed=seed, dtype=dtype, tokenizer_from=tokenizer_from)
+    # run options: beside a config file too, where they override the file's
+    run_options = dict(
+        device=device, max_shard_size=max_shard_size, allow_pickle=allow_pickle or None
     )
     if config_file is not None:
         given = [
@@ -238,7 +234,7 @@ def merge(
                 f"{config_file}: give either a config file or options, not both "
                 f"(also got --{given[0].replace('_', '-')})"
             )
-        config = MergeConfig.from_yaml(config_file)
+        config = MergeConfig.from_yaml(config_file).with_options(**run_options)
     else:
         if not model:
             raise L2SError("no models: pass --model PATH (repeat for several) or a CONFIG.yaml")
@@ -268,6 +264,7 @@ def merge(
                 [own_calibration.get(i) for i in range(len(models))] if own_calibration else None
             ),
             **fields,
+            **run_options,
         )
     if config.mergekit_notes is not None:
         err = str(to_mergekit) == "-"  # keep stdout for the YAML asked for

@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PrivateAttr,
     StrictBool,
     StrictFloat,
@@ -24,6 +25,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from l2smerge.util.device import check_device
@@ -52,34 +54,20 @@ class ModelEntry(BaseModel):
     calibration: Path | None = None  # this model's calibration data (Sens), else the shared
 
 
-class MergeConfig(BaseModel):
-    """One merge. Paths are absolute once loaded (relative YAML paths are taken from the
-    YAML file's folder)."""
+# How a merge runs, not what it makes: the same recipe gives the same weights with any of
+# these, so they are never saved in merge.yaml (a recipe made on a GPU reruns on a CPU).
+RUN_OPTIONS = ("device", "max_shard_size", "allow_pickle")
+
+
+class MergeOptions(BaseModel):
+    """Run options of a merge: where the math runs, how the output is sharded, whether
+    pickle checkpoints may be read."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: StrictStr
-    models: list[ModelEntry]
-    base: Path | None = None
-    parameters: dict[str, ParamValue] = {}
-    on: StrictStr | None = None  # inner method for methods that wrap another (`aim --on ties`)
-    calibration: Path | None = None
-    seed: StrictInt = 0
-    dtype: Literal["bfloat16", "float16", "float32"] | None = None  # None: the base's
     device: StrictStr = "cpu"
-    tokenizer_from: Path | None = None  # None: the base (or the first model without one)
     max_shard_size: StrictStr | StrictInt = "5GB"
     allow_pickle: StrictBool = False
-    preset: StrictStr | None = None  # recorded only; its settings are already in the fields
-    # Set when the YAML was a mergekit recipe: what its translation could not keep exactly.
-    _mergekit_notes: list[str] | None = PrivateAttr(default=None)
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _plain_paths(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"path": v} if isinstance(v, (str, Path)) else v for v in value]
-        return value
 
     @field_validator("device")
     @classmethod
@@ -88,13 +76,6 @@ class MergeConfig(BaseModel):
             return check_device(value, "device", available=False)
         except L2SError as exc:
             raise ValueError(str(exc).removeprefix("device ")) from None
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_range(cls, value: int) -> int:
-        if not 0 <= value < 2**32:
-            raise ValueError(f"{value} is outside 0 .. 2**32 - 1")
-        return value
 
     @field_validator("max_shard_size")
     @classmethod
@@ -106,6 +87,79 @@ class MergeConfig(BaseModel):
         except L2SError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+
+class MergeConfig(BaseModel):
+    """One merge: the recipe (methods, models, parameters, output dtype), which merge.yaml
+    saves, and its run `options`, which it does not. Paths are absolute once loaded (relative
+    YAML paths are taken from the YAML file's folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: StrictStr
+    models: list[ModelEntry]
+    base: Path | None = None
+    parameters: dict[str, ParamValue] = {}
+    on: StrictStr | None = None  # inner method for methods that wrap another (`aim --on ties`)
+    calibration: Path | None = None
+    seed: StrictInt = 0
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None  # None: the base's
+    tokenizer_from: Path | None = None  # None: the base (or the first model without one)
+    preset: StrictStr | None = None  # recorded only; its settings are already in the fields
+    options: MergeOptions = Field(default_factory=MergeOptions, exclude=True)
+    # Set when the YAML was a mergekit recipe: what its translation could not keep exactly.
+    _mergekit_notes: list[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_options_given_flat(cls, data: Any) -> Any:
+        """Run options written beside the recipe (older merge.yaml files, sweep `merge:`
+        blocks, keyword arguments) go into `options`."""
+        if isinstance(data, dict) and any(k in data for k in RUN_OPTIONS):
+            data = dict(data)
+            given = data.get("options") or {}
+            if isinstance(given, MergeOptions):
+                given = given.model_dump()
+            data["options"] = {**given, **{k: data.pop(k) for k in RUN_OPTIONS if k in data}}
+        return data
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _plain_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, (str, Path)) else v for v in value]
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        if not 0 <= value < 2**32:
+            raise ValueError(f"{value} is outside 0 .. 2**32 - 1")
+        return value
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> MergeConfig:
+        """Validate a config given as plain data, run options at the top level; a problem is
+        an L2SError naming the key as written."""
+        options = {k: data[k] for k in RUN_OPTIONS if k in data}
+        recipe = {k: v for k, v in data.items() if k not in RUN_OPTIONS}
+        try:
+            checked = MergeOptions.model_validate(options)
+        except ValidationError as exc:
+            raise L2SError(describe_validation_error(exc, options)) from None
+        try:
+            return cls.model_validate({**recipe, "options": checked})
+        except ValidationError as exc:
+            raise L2SError(describe_validation_error(exc, recipe, KNOWN_KEYS)) from None
+
+    def with_options(self, **options: Any) -> MergeConfig:
+        """The same recipe with some run options replaced (None: keep)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        try:
+            checked = MergeOptions.model_validate({**self.options.model_dump(), **given})
+        except ValidationError as exc:
+            raise L2SError(f"bad merge options: {describe_validation_error(exc, given)}") from None
+        return self.model_copy(update={"options": checked})
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -170,10 +224,9 @@ class MergeConfig(BaseModel):
             **fields,
         )
         try:
-            config = cls(**data)
-        except ValidationError as exc:
-            message = describe_validation_error(exc, data, sorted(cls.model_fields))
-            raise L2SError(f"bad merge options: {message}") from None
+            config = cls.from_data(data)
+        except L2SError as exc:
+            raise L2SError(f"bad merge options: {exc}") from None
         config.check_parameters()
         return config
 
@@ -206,10 +259,9 @@ class MergeConfig(BaseModel):
             if on is not None:
                 data["on"] = on
         try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            message = describe_validation_error(exc, data, sorted(cls.model_fields))
-            raise L2SError(f"{path}: {message}") from None
+            config = cls.from_data(data)
+        except L2SError as exc:
+            raise L2SError(f"{path}: {exc}") from None
         try:
             config.check_parameters()
         except L2SError as exc:
@@ -247,6 +299,7 @@ class MergeConfig(BaseModel):
         )
 
     def to_yaml(self) -> str:
+        """The recipe as YAML (merge.yaml): no run options."""
         data = self.model_dump(mode="json", exclude_none=True)
         data["models"] = [
             m["path"] if not m["parameters"] and "calibration" not in m else m
@@ -270,3 +323,7 @@ class MergeConfig(BaseModel):
         if self.tokenizer_from is not None:
             return self.tokenizer_from
         return self.base if self.base is not None else self.models[0].path
+
+
+# The keys a merge config may have at the top level: the recipe's and the run options.
+KNOWN_KEYS = sorted({*MergeConfig.model_fields, *RUN_OPTIONS} - {"options"})

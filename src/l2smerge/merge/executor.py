@@ -187,7 +187,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         raise L2SError("no models to merge: pass at least one --model")
     if method.needs_base and config.base is None:
         raise L2SError(f"method {config.method!r} needs a base model: pass --base")
-    check_device(config.device)
+    check_device(config.options.device)
 
     given = config
     if config.base is not None and uses_base(method, True):
@@ -199,7 +199,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
     def open_(path: Path) -> Checkpoint:
         key = resolved(path)
         if key not in checkpoints:
-            checkpoints[key] = Checkpoint(key, allow_pickle=config.allow_pickle)
+            checkpoints[key] = Checkpoint(key, allow_pickle=config.options.allow_pickle)
         return checkpoints[key]
 
     models = [open_(p) for p in config.model_paths]
@@ -271,7 +271,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
             if not job.copy_only and block_rows is not None:
                 job.block_rows = block_rows
 
-    device = torch.device(config.device)
+    device = torch.device(config.options.device)
     return MergePlan(
         config,
         method,
@@ -640,7 +640,7 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
     writer = ShardedWriter(
         out_dir,
         [PlannedTensor(j.name, j.shape, j.dtype) for j in plan.jobs],
-        parse_size(config.max_shard_size),
+        parse_size(config.options.max_shard_size),
     )
     read_bytes = 0
     start = time.perf_counter()

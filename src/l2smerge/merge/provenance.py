@@ -120,7 +120,8 @@ def write_provenance(
         "inputs": inputs,
         "config_from": str(config.config_source),
         "output": output,
-        "config": config.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),  # the recipe (merge.yaml)
+        "options": config.options.model_dump(mode="json"),  # how it ran
         # every file of the output folder: `merge --force` replaces a folder holding no other
         "files": sorted({*os.listdir(out), "l2smerge.json", "merge.yaml", "README.md"}),
     }

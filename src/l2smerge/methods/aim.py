@@ -67,13 +67,17 @@ def prepare_aim(config: Any, params: Any, *, progress: bool = True) -> PerTensor
         )
     fields = calibration.parse_fields(params.uniform("calibration_fields"), "aim")
     importance = calibration.aim_importance(
-        config.base, config.calibration, fields=fields, device=config.device, progress=progress
+        config.base,
+        config.calibration,
+        fields=fields,
+        device=config.options.device,
+        progress=progress,
     )
     if not params.uniform("relax_head_and_norms"):
         from l2smerge.calibration.activations import output_head_name
         from l2smerge.merge.checkpoint import Checkpoint
 
-        base = Checkpoint(config.base, allow_pickle=config.allow_pickle)
+        base = Checkpoint(config.base, allow_pickle=config.options.allow_pickle)
         head = output_head_name(config.base)
         importance = {
             module: value

@@ -52,7 +52,7 @@ def prepare_sens(config: Any, params: Any, *, progress: bool = True) -> PerTenso
         [m.path for m in config.models],
         files,
         fields=fields,
-        device=config.device,
+        device=config.options.device,
         progress=progress,
     )
     active = set(calibration.active_models(sensitivities))
