@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from l2smerge.lab import PAIR_DIR
 from l2smerge.lab.task import LEVELS, Item, long_answer, make_items, short_answer
-from l2smerge.util.atomic import temp_dir_beside, write_jsonl_atomic
+from l2smerge.util.atomic import replace_folder, temp_dir_beside, write_jsonl_atomic
 from l2smerge.util.errors import L2SError
 
 # Seeds no training batch draws from (training uses small seeds, see train.py).
@@ -54,13 +53,13 @@ def write_calibration(path: Path, n: int = CALIBRATION_ITEMS) -> Path:
 
 
 def copy_model_atomic(src: Path, dest: Path) -> None:
-    """Copy a model directory to `dest` via a temporary sibling and a rename."""
+    """Copy a model directory to `dest` via a temporary sibling put in place at once."""
     tmp = temp_dir_beside(dest)
     try:
         for f in sorted(src.iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        os.replace(tmp, dest)
+        replace_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

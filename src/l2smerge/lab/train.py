@@ -22,7 +22,6 @@ generated, so there is no training set to overfit; the test set uses a seed no b
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
@@ -45,7 +44,7 @@ from l2smerge.lab.task import (
     short_answer,
 )
 from l2smerge.lab.tokenizer import build_tokenizer
-from l2smerge.util.atomic import temp_dir_beside
+from l2smerge.util.atomic import replace_folder, temp_dir_beside
 
 # --- settings -------------------------------------------------------------------------------
 THREADS = 2  # 1 is faster when other jobs share the cores (OpenMP waits on them)
@@ -263,7 +262,7 @@ def save(model: Qwen2ForCausalLM, path: Path) -> None:
     tmp = temp_dir_beside(path)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, path)
+    replace_folder(tmp, path)
 
 
 def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from l2smerge.util.atomic import write_json_atomic
 from l2smerge.util.errors import L2SError, describe_os_error, writing
 from l2smerge.util.jsonl import read_json
 
@@ -542,7 +543,7 @@ class ShardedWriter:
             weight_map = {t.name: self.file_names[i] for i, s in enumerate(self.shards) for t in s}
             index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
             with writing(self.directory / INDEX_FILE):
-                (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+                write_json_atomic(self.directory / INDEX_FILE, index)
         return [self.directory / f for f in self.file_names]
 
     def abort(self) -> None:

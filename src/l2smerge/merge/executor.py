@@ -41,7 +41,7 @@ from l2smerge.merge.parameters import ParameterResolver
 from l2smerge.merge.provenance import Fingerprinter, write_provenance
 from l2smerge.methods import MergeMethod
 from l2smerge.methods.registry import uses_base
-from l2smerge.util.atomic import replace_folder
+from l2smerge.util.atomic import replace_folder, write_json_atomic
 from l2smerge.util.device import check_device
 from l2smerge.util.errors import L2SError, warn, writing
 from l2smerge.util.lock import holds_lock
@@ -684,7 +684,6 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
 
 
 def _write_config(plan: MergePlan, out_dir: Path) -> None:
-    import json
 
     config = dict(plan.reference.config)
     name = dtype_name(plan.out_dtype)
@@ -696,7 +695,7 @@ def _write_config(plan: MergePlan, out_dir: Path) -> None:
     config["tie_word_embeddings"] = plan.tied_output
     if isinstance(config.get("text_config"), dict):
         config["text_config"] = {**config["text_config"], "tie_word_embeddings": plan.tied_output}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json_atomic(out_dir / "config.json", config)
 
 
 def resolved_parameters(plan: MergePlan) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import l2smerge
 from l2smerge.merge.config import MergeConfig
 from l2smerge.methods.registry import Paper
+from l2smerge.util.atomic import write_json_atomic, write_text_atomic
 from l2smerge.util.cache import cached_file_sha256, file_sha256
 
 
@@ -125,10 +126,10 @@ def write_provenance(
         # every file of the output folder: `merge --force` replaces a folder holding no other
         "files": sorted({*os.listdir(out), "l2smerge.json", "merge.yaml", "README.md"}),
     }
-    (out / "l2smerge.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(out / "l2smerge.json", record)
     recipe = config.to_yaml()
-    (out / "merge.yaml").write_text(recipe)
-    (out / "README.md").write_text(model_card(record, recipe))
+    write_text_atomic(out / "merge.yaml", recipe)
+    write_text_atomic(out / "README.md", model_card(record, recipe))
 
 
 def model_card(
