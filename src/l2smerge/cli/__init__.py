@@ -44,7 +44,7 @@ def _options(
     """Long-to-short reasoning by model merging: merge, evaluate, compare, choose, ship."""
 
 
-# Subcommand modules; a missing one (work in progress) is skipped, not fatal.
+# Subcommand modules, one per command; each registers its command on `app`.
 _COMMAND_MODULES = (
     "merge",
     "methods",
@@ -57,11 +57,7 @@ _COMMAND_MODULES = (
     "export",
 )
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"l2smerge.cli.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"l2smerge.cli.{_name}":
-            raise
+    importlib.import_module(f"l2smerge.cli.{_name}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001

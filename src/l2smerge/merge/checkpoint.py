@@ -426,9 +426,6 @@ class Checkpoint:
             raise L2SError(f"{info.file}: truncated while reading tensor {info.name!r}")
         return buf
 
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
 
 # -- writing ----------------------------------------------------------------------------------
 
