@@ -45,8 +45,6 @@ Schedule = list[Number]
 ParamValue = Union[Scalar, Schedule, dict[str, Union[Scalar, Schedule]]]  # noqa: UP007
 
 
-
-
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: Path
@@ -189,31 +187,7 @@ class MergeConfig(BaseModel):
             )  # fmt: skip
         if method is None:
             raise L2SError("no merge method: pass --method NAME or --preset NAME")
-        entries: list[dict[str, Any]] = [{"path": Path(m), "parameters": {}} for m in models]
-        shared: dict[str, Any] = {}
-        for name, value in params.items():
-            if isinstance(value, (list, tuple)):
-                if len(value) == 1:
-                    value = value[0]
-                elif len(value) != len(entries):
-                    raise L2SError(
-                        f"--{name.replace('_', '-')}: {len(value)} values for "
-                        f"{len(entries)} models; give one value or one per --model"
-                    )
-                else:
-                    for entry, v in zip(entries, value, strict=True):
-                        if v is not None:
-                            entry["parameters"][name] = v
-                    continue
-            shared[name] = value
-        if model_calibration is not None:
-            if len(model_calibration) != len(entries):
-                raise L2SError(
-                    f"{len(model_calibration)} calibration files for {len(entries)} models"
-                )
-            for entry, file in zip(entries, model_calibration, strict=True):
-                if file is not None:
-                    entry["calibration"] = Path(file)
+        entries, shared = _model_entries(models, params, model_calibration)
         fields = {k: v for k, v in fields.items() if v is not None}
         data = dict(
             method=method,
@@ -243,21 +217,7 @@ class MergeConfig(BaseModel):
             translation.config._mergekit_notes = translation.notes
             return translation.config
         if data.get("preset") is not None:
-            from l2smerge.merge.presets import apply_preset
-
-            if not isinstance(data["preset"], str):
-                raise L2SError(f"{path}: preset: expected a preset name, got {data['preset']!r}")
-            given = data.get("parameters") or {}
-            if not isinstance(given, dict):
-                raise L2SError(f"{path}: parameters: expected a mapping, got {given!r}")
-            try:
-                data["method"], on, data["parameters"] = apply_preset(
-                    data["preset"], method=data.get("method"), on=data.get("on"), parameters=given
-                )
-            except L2SError as exc:
-                raise L2SError(f"{path}: {exc}") from None
-            if on is not None:
-                data["on"] = on
+            data = _with_preset(data, path)
         try:
             config = cls.from_data(data)
         except L2SError as exc:
@@ -323,6 +283,58 @@ class MergeConfig(BaseModel):
         if self.tokenizer_from is not None:
             return self.tokenizer_from
         return self.base if self.base is not None else self.models[0].path
+
+
+def _with_preset(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A YAML config's data with its preset applied (presets.apply_preset)."""
+    from l2smerge.merge.presets import apply_preset
+
+    if not isinstance(data["preset"], str):
+        raise L2SError(f"{path}: preset: expected a preset name, got {data['preset']!r}")
+    given = data.get("parameters") or {}
+    if not isinstance(given, dict):
+        raise L2SError(f"{path}: parameters: expected a mapping, got {given!r}")
+    try:
+        method, on, parameters = apply_preset(
+            data["preset"], method=data.get("method"), on=data.get("on"), parameters=given
+        )
+    except L2SError as exc:
+        raise L2SError(f"{path}: {exc}") from None
+    return {**data, "method": method, "parameters": parameters, **({"on": on} if on else {})}
+
+
+def _model_entries(
+    models: list[str | Path],
+    params: dict[str, Any],
+    model_calibration: list[str | Path | None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The model entries (each with its own parameters and calibration file) and the shared
+    parameters, from command-line style values: a list for a parameter is one value per
+    model (a None leaves that model at the shared value)."""
+    entries: list[dict[str, Any]] = [{"path": Path(m), "parameters": {}} for m in models]
+    shared: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, (list, tuple)):
+            if len(value) == 1:
+                value = value[0]
+            elif len(value) != len(entries):
+                raise L2SError(
+                    f"--{name.replace('_', '-')}: {len(value)} values for "
+                    f"{len(entries)} models; give one value or one per --model"
+                )
+            else:
+                for entry, v in zip(entries, value, strict=True):
+                    if v is not None:
+                        entry["parameters"][name] = v
+                continue
+        shared[name] = value
+    if model_calibration is not None:
+        if len(model_calibration) != len(entries):
+            raise L2SError(f"{len(model_calibration)} calibration files for {len(entries)} models")
+        for entry, file in zip(entries, model_calibration, strict=True):
+            if file is not None:
+                entry["calibration"] = Path(file)
+    return entries, shared
 
 
 # The keys a merge config may have at the top level: the recipe's and the run options.
