@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from l2smerge.calibration.data import METHOD_FIELDS
 from l2smerge.methods.registry import (
     UNIT,
     MergeMethod,
@@ -45,7 +46,7 @@ AIM_PAPER = Paper(
     "Nobari et al. 2025, Activation-Informed Merging of Large Language Models",
     "https://arxiv.org/abs/2502.02421",
 )
-DEFAULT_FIELDS = "question,short_answer"
+DEFAULT_FIELDS = ",".join(METHOD_FIELDS["aim"])  # the study's: question + short answer
 # AIM's own parameters (with their defaults) beside the inner method's.
 AIM_PARAMS = {"omega": 0.4, "calibration_fields": DEFAULT_FIELDS, "relax_head_and_norms": False}
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from l2smerge.calibration.data import METHOD_FIELDS
 from l2smerge.methods.registry import POSITIVE, Paper, PerTensorFn, register
 from l2smerge.util.errors import L2SError, warn
 
-DEFAULT_FIELDS = "question,short_answer,long_answer"
+DEFAULT_FIELDS = ",".join(METHOD_FIELDS["sens"])  # the study's: question + both answers
 
 
 def calibration_per_model(config: Any, params: Any) -> tuple[list[Path], list[tuple[str, ...]]]:
