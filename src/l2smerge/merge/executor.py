@@ -179,6 +179,42 @@ def drop_base_copies(config: MergeConfig) -> MergeConfig:
     return config.model_copy(update={"models": kept})
 
 
+def _plan_job(
+    name: str, used: list[Checkpoint], reference: Checkpoint, out_dtype: torch.dtype
+) -> TensorJob:
+    """One output tensor: each input's stored copy, and how the rows line up when only the
+    vocabulary rows differ (VOCAB_MARKERS); a non-float tensor is copied from `reference`."""
+    sources = []
+    for ckpt in used:
+        stored = _tied_source(ckpt, name)
+        if stored is None:
+            raise L2SError(_missing_tensor(ckpt, name, used, reference))
+        sources.append((ckpt, stored))
+    ref_stored = _tied_source(reference, name)
+    assert ref_stored is not None
+    ref_info = reference.info(ref_stored)
+    shapes = [ckpt.info(stored).shape for ckpt, stored in sources]
+    job = TensorJob(name, ref_info.shape, out_dtype, sources)
+    if not ref_info.dtype.is_floating_point:
+        job.copy_only = True
+        job.dtype = ref_info.dtype
+        job.sources = [(reference, ref_stored)]
+    elif any(s != ref_info.shape for s in shapes):
+        rows_only = all(
+            len(s) == len(ref_info.shape) and s[1:] == ref_info.shape[1:] for s in shapes
+        )
+        if rows_only and any(m in name for m in VOCAB_MARKERS) and ref_info.shape:
+            job.shared_rows = min([ref_info.shape[0]] + [s[0] for s in shapes])
+            job.reference = (reference, ref_stored)
+        else:
+            bad = next(i for i, s in enumerate(shapes) if s != ref_info.shape)
+            raise L2SError(
+                f"tensor {name!r}: shape {tuple(shapes[bad])} in {sources[bad][0].path} "
+                f"but {tuple(ref_info.shape)} in {reference.path}"
+            )
+    return job
+
+
 def plan_merge(config: MergeConfig) -> MergePlan:
     """Check the whole merge (method, parameters, inputs, tensor names and shapes) and plan it,
     without writing anything."""
@@ -213,7 +249,6 @@ def plan_merge(config: MergeConfig) -> MergePlan:
         )
     reference = open_(source_path)
     used = models + ([base] if (base is not None and uses_base(method, True)) else [])
-    labels = {id(c): str(c.path) for c in used}
 
     tied_output = all(c.tie_word_embeddings for c in used + [reference])
     names = reference.names()
@@ -233,37 +268,7 @@ def plan_merge(config: MergeConfig) -> MergePlan:
                     "(the models do not share an architecture)"
                 )
 
-    jobs: list[TensorJob] = []
-    for name in names:
-        sources = []
-        for ckpt in used:
-            stored = _tied_source(ckpt, name)
-            if stored is None:
-                raise L2SError(_missing_tensor(ckpt, name, used, reference))
-            sources.append((ckpt, stored))
-        ref_stored = _tied_source(reference, name)
-        assert ref_stored is not None
-        ref_info = reference.info(ref_stored)
-        shapes = [ckpt.info(stored).shape for ckpt, stored in sources]
-        job = TensorJob(name, ref_info.shape, out_dtype, sources)
-        if not ref_info.dtype.is_floating_point:
-            job.copy_only = True
-            job.dtype = ref_info.dtype
-            job.sources = [(reference, ref_stored)]
-        elif any(s != ref_info.shape for s in shapes):
-            rows_only = all(
-                len(s) == len(ref_info.shape) and s[1:] == ref_info.shape[1:] for s in shapes
-            )
-            if rows_only and any(m in name for m in VOCAB_MARKERS) and ref_info.shape:
-                job.shared_rows = min([ref_info.shape[0]] + [s[0] for s in shapes])
-                job.reference = (reference, ref_stored)
-            else:
-                bad = next(i for i, s in enumerate(shapes) if s != ref_info.shape)
-                raise L2SError(
-                    f"tensor {name!r}: shape {tuple(shapes[bad])} in {labels[id(sources[bad][0])]} "
-                    f"but {tuple(ref_info.shape)} in {reference.path}"
-                )
-        jobs.append(job)
+    jobs = [_plan_job(name, used, reference, out_dtype) for name in names]
 
     if method.elementwise or method.block_stats is not None:
         for job in jobs:
