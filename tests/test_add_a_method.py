@@ -133,3 +133,17 @@ def test_a_new_module_in_a_sweep_checked_before_anything_runs(scaled_sum, pair, 
     assert record["method"] == "scaled_sum" and record["parameters"] == {"strength": 0.5}
     recorded = json.loads((tmp_path / "s" / "points" / record["id"] / "l2smerge.json").read_text())
     assert recorded["parameters"] == {"strength": 0.5}
+
+
+def test_a_broken_method_module_fails_loudly_naming_it(tmp_path, monkeypatch):
+    import l2smerge.methods as methods
+
+    folder = tmp_path / "methods"
+    folder.mkdir()
+    (folder / "broken_method.py").write_text("import no_such_package_here\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+    try:
+        with pytest.raises(ImportError, match="l2smerge.methods.broken_method: .*no_such_package"):
+            methods.discover()
+    finally:
+        sys.modules.pop("l2smerge.methods.broken_method", None)
