@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -309,18 +309,22 @@ def _dtype(value: Any, where: str) -> str:
     return name
 
 
-def from_mergekit(data: dict, path: Path) -> Translation:
-    """The l2smerge recipe a mergekit YAML (already parsed into `data`) means."""
+def _why_not(key: str) -> str:
+    return f" ({WHY_NOT[key]})" if key in WHY_NOT else ""
+
+
+def _merge_method(data: dict, path: Path) -> str:
     method = data.get("merge_method")
     if method not in MERGEKIT_METHODS:
         raise L2SError(
             f"{path}: merge_method {method!r} has no l2smerge equivalent "
             f"(supported: {', '.join(MERGEKIT_METHODS)})"
         )
-    spec = MERGEKIT_PARAMETERS[method]
-    refused = [
-        f"{k} ({WHY_NOT[k]})" if k in WHY_NOT else k for k in data if k not in TOP_LEVEL_KEYS
-    ]
+    return method
+
+
+def _parameters_and_models(data: dict, path: Path) -> tuple[dict, list[dict]]:
+    """The top-level `parameters:` and the `models:` entries, checked for shape."""
     top = data.get("parameters") or {}
     models = data.get("models")
     if not isinstance(top, dict):
@@ -329,19 +333,25 @@ def from_mergekit(data: dict, path: Path) -> Translation:
         if "slices" not in data and "modules" not in data:
             raise L2SError(f"{path}: models: expected a list of `- model: PATH` entries")
         models = []
-    for name in top:
-        if name not in spec:
-            refused.append(
-                f"parameters.{name}" + (f" ({WHY_NOT[name]})" if name in WHY_NOT else "")
-            )
     for i, entry in enumerate(models):
         if not isinstance(entry, dict) or "model" not in entry:
             raise L2SError(f"{path}: models[{i}]: expected `model: PATH` (and `parameters:`)")
+    return top, models
+
+
+def _refuse_unhonoured_keys(
+    data: dict, path: Path, spec: dict[str, MergekitParameter], top: dict, models: list[dict]
+) -> None:
+    """One error listing every key l2smerge would otherwise have to ignore."""
+    refused = [
+        f"{k} ({WHY_NOT[k]})" if k in WHY_NOT else k for k in data if k not in TOP_LEVEL_KEYS
+    ]
+    refused += [f"parameters.{name}{_why_not(name)}" for name in top if name not in spec]
+    for i, entry in enumerate(models):
         refused += [f"models[{i}].{k}" for k in entry if k not in ("model", "parameters")]
         for name in entry.get("parameters") or {}:
             if name not in spec:
-                why = f" ({WHY_NOT[name]})" if name in WHY_NOT else ""
-                refused.append(f"models[{i}].parameters.{name}{why}")
+                refused.append(f"models[{i}].parameters.{name}{_why_not(name)}")
             elif spec[name].shared:
                 refused.append(
                     f"models[{i}].parameters.{name} (mergekit reads {name} only from the "
@@ -357,7 +367,20 @@ def from_mergekit(data: dict, path: Path) -> Translation:
     if refused:
         raise L2SError(f"{path}: mergekit keys l2smerge cannot honour: {', '.join(refused)}")
 
-    notes: list[str] = []
+
+class _Input(NamedTuple):
+    """A model mergekit merges: its name in the recipe, its folder, its `parameters:`."""
+
+    label: str
+    path: Path
+    parameters: dict
+
+
+def _inputs(
+    data: dict, path: Path, method: str, models: list[dict]
+) -> tuple[Path | None, list[_Input]]:
+    """The base model's folder (None without one) and the models merged, as mergekit merges
+    them: the base gives no task vector, but `linear` merges it like any input."""
     base = data.get("base_model")
     base_path = _model_path(base, f"{path}: base_model") if base is not None else None
     if base_path is None and method != "linear":
@@ -366,8 +389,8 @@ def from_mergekit(data: dict, path: Path) -> Translation:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise L2SError(f"{path}: models[{i}]: {name!r} is listed twice")
-    entries = [
-        (
+    inputs = [
+        _Input(
             str(e["model"]),
             _model_path(e["model"], f"{path}: models[{i}].model"),
             e.get("parameters") or {},
@@ -375,13 +398,18 @@ def from_mergekit(data: dict, path: Path) -> Translation:
         for i, e in enumerate(models)
     ]
     if method != "linear":  # the base gives no task vector (mergekit skips it)
-        entries = [e for e in entries if e[0] != base]
-        if not entries:
+        inputs = [e for e in inputs if e.label != base]
+        if not inputs:
             raise L2SError(f"{path}: no model to merge besides base_model")
     elif base is not None and base not in names:
-        entries.append((str(base), base_path, {}))  # mergekit merges it like any input
+        inputs.append(_Input(str(base), base_path, {}))  # mergekit merges it like any input
+    return base_path, inputs
 
-    layout = Layout([p for p in [base_path] if p is not None] + [p for _, p, _ in entries])
+
+def _parse_settings(
+    path: Path, spec: dict[str, MergekitParameter], top: dict, inputs: list[_Input]
+) -> tuple[dict[str, Setting], list[dict[str, Setting]]]:
+    """The top-level settings and each input's own, parsed."""
     given = {
         name: parse_setting(v, spec[name].kind, f"{path}: parameters.{name}")
         for name, v in top.items()
@@ -389,39 +417,57 @@ def from_mergekit(data: dict, path: Path) -> Translation:
     per_model = [
         {
             name: parse_setting(v, spec[name].kind, f"{path}: models[{i}].parameters.{name}")
-            for name, v in params.items()
+            for name, v in model.parameters.items()
         }
-        for i, (_, _, params) in enumerate(entries)
+        for i, model in enumerate(inputs)
     ]
-    _check_weights(path, entries, given, per_model, layout)
+    return given, per_model
 
-    ours = MERGEKIT_METHODS[method]
-    dare = method.startswith("dare")
-    shared: dict[str, Any] = {}
-    model_params: list[dict[str, Any]] = [{} for _ in entries]
 
-    def put(our_name: str, mk_name: str, convert=None) -> None:
+@dataclass
+class _TranslatedParameters:
+    """l2smerge parameters, shared and per model, filled from mergekit settings."""
+
+    spec: dict[str, MergekitParameter]
+    given: dict[str, Setting]  # mergekit's top-level settings
+    per_model: list[dict[str, Setting]]  # mergekit's settings of each input
+    layout: Layout
+    shared: dict[str, Any] = field(default_factory=dict)
+    models: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.models = [{} for _ in self.per_model]
+
+    def put(self, our_name: str, mk_name: str, convert=None) -> None:
         """Translate mergekit's `mk_name` (top level and per model) into our `our_name`."""
-        mk = spec[mk_name]
+        mk = self.spec[mk_name]
         default = None if mk.default is REQUIRED else mk.default
         if convert is not None and default is not None:
             default = convert(default)
-        if mk_name in given:
-            setting = given[mk_name] if convert is None else given[mk_name].map(convert)
-            shared[our_name] = to_l2smerge(
-                setting, layout, default if not setting.covers_all else None
+        if mk_name in self.given:
+            given = self.given[mk_name]
+            setting = given if convert is None else given.map(convert)
+            self.shared[our_name] = to_l2smerge(
+                setting, self.layout, default if not setting.covers_all else None
             )
         elif default is not None:
-            shared[our_name] = default
-        for i, params in enumerate(per_model):
+            self.shared[our_name] = default
+        for i, params in enumerate(self.per_model):
             if mk_name in params:
                 setting = params[mk_name] if convert is None else params[mk_name].map(convert)
-                model_params[i][our_name] = to_l2smerge(setting, layout)
+                self.models[i][our_name] = to_l2smerge(setting, self.layout)
 
-    put("weight", "weight")
-    put("normalize", "normalize")
+
+def _translate_parameters(method: str, path: Path, ours: _TranslatedParameters) -> list[str]:
+    """Fill `ours` with what mergekit's `method` reads from its settings; returns notes on
+    what differs."""
+    given, per_model = ours.given, ours.per_model
+    dare = method.startswith("dare")
+    notes: list[str] = []
+    ours.put("weight", "weight")
+    ours.put("normalize", "normalize")
     if method != "linear":
-        put("alpha", "lambda")
+        ours.put("alpha", "lambda")
         if "int8_mask" in given:
             notes.append("int8_mask only sets the dtype of mergekit's sign mask: no effect")
     if method == "task_arithmetic":
@@ -432,48 +478,74 @@ def from_mergekit(data: dict, path: Path) -> Translation:
             notes.append(f"{' and '.join(ignored)}: no effect in task_arithmetic (as in mergekit)")
     if method == "ties":
         _check_density(path, given, per_model, low=0.0, high=1.0)
-        put("density", "density")
-        put("rescale", "rescale", lambda on: "l1" if on else "none")
-        shared["tie_break"] = "mergekit"
+        ours.put("density", "density")
+        ours.put("rescale", "rescale", lambda on: "l1" if on else "none")
+        ours.shared["tie_break"] = "mergekit"
     if dare:
         _check_density(path, given, per_model, low=0.0, high=1.0, low_open=True)
-        put("drop_rate", "density", lambda keep: 1.0 - keep)
-        put("rescale", "rescale", lambda on: "l1" if on else "none")
+        ours.put("drop_rate", "density", lambda keep: 1.0 - keep)
+        ours.put("rescale", "rescale", lambda on: "l1" if on else "none")
     if method == "dare_ties":
-        shared["density"] = 1.0  # no magnitude trim after DARE in mergekit's dare_ties
-        shared["tie_break"] = "mergekit"
+        ours.shared["density"] = 1.0  # no magnitude trim after DARE in mergekit's dare_ties
+        ours.shared["tie_break"] = "mergekit"
     if dare:
         notes.append(
             "DARE masks are drawn from l2smerge's generator (seed 0, reproducible per tensor), "
             "not mergekit's: the same distribution, other masks"
         )
+    return notes
 
+
+def _dtypes(data: dict, path: Path) -> tuple[str | None, str | None]:
+    """mergekit's `dtype` (its compute dtype) and `out_dtype`, None where not given."""
     dtype = _dtype(data["dtype"], f"{path}: dtype") if data.get("dtype") is not None else None
     out_dtype = (
         _dtype(data["out_dtype"], f"{path}: out_dtype")
         if data.get("out_dtype") is not None
         else None
     )
+    return dtype, out_dtype
+
+
+def _tokenizer_source(data: dict, path: Path) -> Path | None:
+    """The folder `tokenizer_source` (or `tokenizer: {source}`) names; None for the base."""
+    source = data.get("tokenizer_source")
+    tokenizer = data.get("tokenizer")
+    if isinstance(tokenizer, dict):
+        source = tokenizer["source"]
+    if source is not None and source != "base":
+        return _model_path(source, f"{path}: tokenizer_source")
+    return None
+
+
+def from_mergekit(data: dict, path: Path) -> Translation:
+    """The l2smerge recipe a mergekit YAML (already parsed into `data`) means."""
+    method = _merge_method(data, path)
+    spec = MERGEKIT_PARAMETERS[method]
+    top, models = _parameters_and_models(data, path)
+    _refuse_unhonoured_keys(data, path, spec, top, models)
+    base_path, inputs = _inputs(data, path, method, models)
+    layout = Layout([p for p in [base_path] if p is not None] + [m.path for m in inputs])
+    given, per_model = _parse_settings(path, spec, top, inputs)
+    _check_weights(path, inputs, given, per_model, layout)
+    ours = _TranslatedParameters(spec, given, per_model, layout)
+    notes = _translate_parameters(method, path, ours)
+    dtype, out_dtype = _dtypes(data, path)
     note = _compute_dtype_note(method, dtype, layout)
     if note:
         notes.append(note)
-    source = data.get("tokenizer_source")
-    if isinstance(tokenizer, dict):
-        source = tokenizer["source"]
-    tokenizer_from = None
-    if source is not None and source != "base":
-        tokenizer_from = _model_path(source, f"{path}: tokenizer_source")
+    tokenizer_from = _tokenizer_source(data, path)
     if method == "linear" and base_path is not None and tokenizer_from is None:
         tokenizer_from = base_path  # mergekit takes the base's tokenizer; it is one of the inputs
         base_path = None
     config = MergeConfig(
-        method=ours,
+        method=MERGEKIT_METHODS[method],
         models=[
-            ModelEntry(path=p, parameters=params)
-            for (_, p, _), params in zip(entries, model_params, strict=True)
+            ModelEntry(path=model.path, parameters=params)
+            for model, params in zip(inputs, ours.models, strict=True)
         ],
         base=base_path,
-        parameters=shared,
+        parameters=ours.shared,
         dtype=out_dtype or dtype,
         tokenizer_from=tokenizer_from,
     )
@@ -515,18 +587,20 @@ def _check_density(path, given, per_model, *, low, high, low_open=False) -> None
                 )
 
 
-def _check_weights(path, entries, given, per_model, layout: Layout) -> None:
+def _check_weights(path, inputs, given, per_model, layout: Layout) -> None:
     """Every model mergekit merges needs a weight for every tensor, or mergekit stops."""
-    for i, (label, _, _) in enumerate(entries):
+    for i, model in enumerate(inputs):
         own, top = per_model[i].get("weight"), given.get("weight")
         if (own is not None and own.covers_all) or (top is not None and top.covers_all):
             continue
         if own is None and top is None:
-            raise L2SError(f"{path}: {label}: no weight (mergekit requires one for every model)")
+            raise L2SError(
+                f"{path}: {model.label}: no weight (mergekit requires one for every model)"
+            )
         for name in layout.names:
             if not any(s is not None and s.applies(name) is not None for s in (own, top)):
                 raise L2SError(
-                    f"{path}: {label}: no weight for tensor {name!r} (no filter rule matches "
+                    f"{path}: {model.label}: no weight for tensor {name!r} (no filter rule matches "
                     "it; mergekit stops there)"
                 )
 
@@ -622,12 +696,7 @@ def _product(a: Any, b: Any, where: str) -> Any:
     raise L2SError(f"{where}: both vary per tensor; mergekit has no equivalent")
 
 
-def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
-    """mergekit YAML for the same merge, and notes on what differs; L2SError when mergekit has
-    no equivalent."""
-    from l2smerge.merge.checkpoint import dtype_name
-    from l2smerge.merge.executor import plan_merge
-
+def _refuse_without_equivalent(config: MergeConfig) -> None:
     method = config.method
     family = method.split("_")[0] if method.startswith("aim") else method
     if config.on is not None or family in NO_MERGEKIT_EQUIVALENT:
@@ -635,95 +704,128 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
         raise L2SError(f"method {method}: no mergekit equivalent (mergekit has no {what})")
     if method not in TO_MERGEKIT:
         raise L2SError(f"method {method}: no mergekit equivalent")
-    config = config.relative_to(Path.cwd())  # mergekit reads relative paths from its cwd
-    plan = plan_merge(config)  # checks the whole merge; gives the tensors and the dtype
-    tensors = _Tensors([job.name for job in plan.jobs], plan.num_layers)
-    theirs = TO_MERGEKIT[method]
-    defaults = plan.method.params
-    shared = {name: config.parameters.get(name, default) for name, default in defaults.items()}
-    per_model = [m.parameters for m in config.models]
-    notes: list[str] = []
 
-    def one_value(name: str) -> Any:
-        if any(name in p for p in per_model):
-            raise L2SError(f"{name} set per model: mergekit's {theirs} has no per-model {name}")
-        return shared[name]
 
-    def top(name: str, convert=None) -> Any:
-        value, default = shared[name], defaults[name]
+@dataclass
+class _RecipeParameters:
+    """An l2smerge recipe's parameters (with the method's defaults), written as mergekit
+    settings on the output's tensors."""
+
+    theirs: str  # mergekit's name for the method
+    tensors: _Tensors
+    defaults: dict[str, Any]
+    shared: dict[str, Any]  # every parameter: the recipe's value, else the default
+    per_model: list[dict[str, Any]]
+
+    def one_value(self, name: str) -> Any:
+        """The shared value of a parameter mergekit reads only from the top level."""
+        if any(name in p for p in self.per_model):
+            raise L2SError(
+                f"{name} set per model: mergekit's {self.theirs} has no per-model {name}"
+            )
+        return self.shared[name]
+
+    def top(self, name: str, convert=None) -> Any:
+        value, default = self.shared[name], self.defaults[name]
         if convert is not None:
             value, default = _map_numbers(value, convert), convert(default)
-        return tensors.setting(value, f"parameters.{name}", default)
+        return self.tensors.setting(value, f"parameters.{name}", default)
 
-    def per(i: int, name: str, convert=None) -> Any:
-        value = per_model[i][name]
+    def per(self, i: int, name: str, convert=None) -> Any:
+        value = self.per_model[i][name]
         value = _map_numbers(value, convert) if convert is not None else value
-        return tensors.setting(value, f"models[{i}].{name}")
+        return self.tensors.setting(value, f"models[{i}].{name}")
 
+
+def _weight_settings(method: str, ours: _RecipeParameters) -> tuple[dict, list[dict]]:
+    """mergekit's normalize, weight and lambda (top level) and weights (per model); an α set
+    per model is folded into the weights."""
     parameters: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = [{} for _ in config.models]
-    normalize = one_value("normalize")
-    parameters["normalize"] = top("normalize")
-    if method != "average" and any("alpha" in p for p in per_model):
+    entries: list[dict[str, Any]] = [{} for _ in ours.per_model]
+    normalize = ours.one_value("normalize")
+    parameters["normalize"] = ours.top("normalize")
+    if method != "average" and any("alpha" in p for p in ours.per_model):
         if normalize is not False:
             raise L2SError(
                 "alpha set per model with normalize: mergekit divides by the weights alone, "
                 "so it has no equivalent; set weight per model instead"
             )
-        for i, p in enumerate(per_model):  # fold αk into wk; lambda stays 1
+        for i, p in enumerate(ours.per_model):  # fold αk into wk; lambda stays 1
             weight = _product(
-                p.get("weight", shared["weight"]),
-                p.get("alpha", shared["alpha"]),
+                p.get("weight", ours.shared["weight"]),
+                p.get("alpha", ours.shared["alpha"]),
                 f"models[{i}]: weight × alpha",
             )
-            entries[i]["weight"] = tensors.setting(weight, f"models[{i}].weight")
+            entries[i]["weight"] = ours.tensors.setting(weight, f"models[{i}].weight")
         parameters["lambda"] = 1.0
     else:
-        parameters["weight"] = top("weight")
-        for i, p in enumerate(per_model):
+        parameters["weight"] = ours.top("weight")
+        for i, p in enumerate(ours.per_model):
             if "weight" in p:
-                entries[i]["weight"] = per(i, "weight")
+                entries[i]["weight"] = ours.per(i, "weight")
         if method != "average":
-            parameters["lambda"] = tensors.setting(
-                one_value("alpha"), "alpha", defaults["alpha"]
+            parameters["lambda"] = ours.tensors.setting(
+                ours.one_value("alpha"), "alpha", ours.defaults["alpha"]
             )
+    return parameters, entries
+
+
+def _sparsify_settings(
+    method: str, ours: _RecipeParameters, parameters: dict, entries: list[dict]
+) -> list[str]:
+    """Add mergekit's density and rescale to `parameters` and `entries`; returns notes on what
+    differs."""
+    notes: list[str] = []
     if method == "ties":
-        parameters["density"] = top("density")
-        for i, p in enumerate(per_model):
+        parameters["density"] = ours.top("density")
+        for i, p in enumerate(ours.per_model):
             if "density" in p:
-                entries[i]["density"] = per(i, "density")
+                entries[i]["density"] = ours.per(i, "density")
     if method in ("dare_ta", "dare_ties"):
-        parameters["density"] = top("drop_rate", lambda p: 1.0 - p)
-        for i, p in enumerate(per_model):
+        parameters["density"] = ours.top("drop_rate", lambda p: 1.0 - p)
+        for i, p in enumerate(ours.per_model):
             if "drop_rate" in p:
-                entries[i]["density"] = per(i, "drop_rate", lambda p: 1.0 - p)
+                entries[i]["density"] = ours.per(i, "drop_rate", lambda p: 1.0 - p)
         notes.append("DARE masks come from mergekit's own random generator: other masks")
     if method in ("ties", "dare_ta", "dare_ties"):
-        rescale = one_value("rescale")
+        rescale = ours.one_value("rescale")
         if "inverse" in str(rescale):
             notes.append(
                 "rescale inverse (1/(1 - p)) has no mergekit form: rescale: true matches each "
                 "tensor's L1 norm instead (the same in expectation)"
             )
-        parameters["rescale"] = tensors.setting(
+        parameters["rescale"] = ours.tensors.setting(
             _map_numbers(rescale, lambda r: r != "none"),
             "rescale",
-            defaults["rescale"] != "none",
+            ours.defaults["rescale"] != "none",
         )
+    return notes
+
+
+def _sign_election_notes(method: str, ours: _RecipeParameters) -> list[str]:
+    """Refuse what mergekit's sign election cannot do; notes on where its result differs."""
     if method == "dare_ties" and (
-        shared["density"] != 1.0 or any("density" in p for p in per_model)
+        ours.shared["density"] != 1.0 or any("density" in p for p in ours.per_model)
     ):
         raise L2SError(
             "dare_ties with a magnitude trim (density below 1): mergekit's dare_ties does not "
             "trim after DARE, so it has no equivalent"
         )
-    if method in ("ties", "dare_ties") and one_value("tie_break") != "mergekit":
-        notes.append(
+    if method in ("ties", "dare_ties") and ours.one_value("tie_break") != "mergekit":
+        return [
             "tie_break l2smerge: mergekit keeps max(1, floor(density * n)) entries exactly and "
             "elects + on an exact sign cancellation, so entries tied at the threshold or "
             "cancelling may differ (tie_break: mergekit gives the same result)"
-        )
-    recipe: dict[str, Any] = {"merge_method": theirs}
+        ]
+    return []
+
+
+def _recipe(config: MergeConfig, plan, parameters: dict, entries: list[dict]) -> dict[str, Any]:
+    """The mergekit recipe: method, base, models with their own parameters, the shared
+    parameters, dtypes and the tokenizer's source."""
+    from l2smerge.merge.checkpoint import dtype_name
+
+    recipe: dict[str, Any] = {"merge_method": TO_MERGEKIT[config.method]}
     if config.base is not None and plan.method.needs_base:
         recipe["base_model"] = str(config.base)
     recipe["models"] = [
@@ -736,6 +838,30 @@ def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
     source = config.config_source
     if source != (config.base if plan.method.needs_base else config.models[0].path):
         recipe["tokenizer_source"] = str(source)
+    return recipe
+
+
+def to_mergekit(config: MergeConfig) -> tuple[str, list[str]]:
+    """mergekit YAML for the same merge, and notes on what differs; L2SError when mergekit has
+    no equivalent."""
+    from l2smerge.merge.executor import plan_merge
+
+    _refuse_without_equivalent(config)
+    method = config.method
+    config = config.relative_to(Path.cwd())  # mergekit reads relative paths from its cwd
+    plan = plan_merge(config)  # checks the whole merge; gives the tensors and the dtype
+    defaults = plan.method.params
+    ours = _RecipeParameters(
+        theirs=TO_MERGEKIT[method],
+        tensors=_Tensors([job.name for job in plan.jobs], plan.num_layers),
+        defaults=defaults,
+        shared={name: config.parameters.get(name, default) for name, default in defaults.items()},
+        per_model=[m.parameters for m in config.models],
+    )
+    parameters, entries = _weight_settings(method, ours)
+    notes = _sparsify_settings(method, ours, parameters, entries)
+    notes += _sign_election_notes(method, ours)
+    recipe = _recipe(config, plan, parameters, entries)
     header = f"# mergekit recipe written by l2smerge for method {method}\n"
     header += "".join(f"# note: {n}\n" for n in notes)
     return header + yaml.safe_dump(recipe, sort_keys=False), notes
