@@ -120,10 +120,10 @@ def _all_benches(stats: list[RunStats]) -> list[str]:
     return ordered_benches(b for s in stats for b in s.benches)
 
 
-def _tables(stats: list[RunStats], reference: RunStats | None, price: float | None) -> list[dict]:
-    """Each table: {"title", "note", "header", "rows"} (strings), rendered to md and html."""
-    benches = _all_benches(stats)
-    main_rows = []
+def _accuracy_table(
+    stats: list[RunStats], reference: RunStats | None, benches: list[str]
+) -> dict[str, Any]:
+    rows = []
     for s in stats:
         row = [s.label]
         row += [_acc_ci(s.benches[b]) if b in s.benches else "–" for b in benches]
@@ -133,7 +133,7 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             "–" if s.length_change is None else f"{100 * s.length_change:+.1f}%",
             _pct(s.average["reflective_ratio"]),
         ]
-        main_rows.append(row)
+        rows.append(row)
     ref_note = (
         f"Length change is against `{reference.label}` on the items both runs evaluated."
         if reference
@@ -144,63 +144,67 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
             " The runs cover different benchmarks, so their Avg and mean tokens are over "
             "different sets; compare them per benchmark."
         )
-    tables = [
-        {
-            "title": "Accuracy % (95% CI), length and reflection",
-            "note": "Per benchmark: accuracy with its 95% Wilson interval; Avg: the macro mean "
-            "over benchmarks with its 95% MOVER interval (combined from the benchmarks' "
-            "intervals). " + ref_note,
-            "header": ["run", *benches, "Avg", "mean tokens", "length change", "reflective %"],
-            "rows": main_rows,
-        },
-        {
-            "title": "Mean response tokens per benchmark",
-            "note": "",
-            "header": ["run", *benches],
-            "rows": [
-                [
-                    s.label,
-                    *(
-                        _tok(s.benches[b]["mean_tokens"]) if b in s.benches else "–"
-                        for b in benches
-                    ),
-                ]
-                for s in stats
-            ],
-        },
-    ]
-    for bench in [b for b in benches if any(s.levels(b) for s in stats)]:
-        levels = sorted({lv for s in stats for lv in s.levels(bench)}, key=level_key)
-        rows = []
-        for s in stats:
-            by = s.levels(bench)
-            cells = [
-                "–"
-                if lv not in by
-                else " / ".join(
-                    (
-                        _tok(by[lv]["mean_tokens"]),
-                        _pct(by[lv]["reflective_ratio"]),
-                        _pct(by[lv]["accuracy"]),
-                    )
-                )
-                for lv in levels
+    return {
+        "title": "Accuracy % (95% CI), length and reflection",
+        "note": "Per benchmark: accuracy with its 95% Wilson interval; Avg: the macro mean "
+        "over benchmarks with its 95% MOVER interval (combined from the benchmarks' "
+        "intervals). " + ref_note,
+        "header": ["run", *benches, "Avg", "mean tokens", "length change", "reflective %"],
+        "rows": rows,
+    }
+
+
+def _tokens_table(stats: list[RunStats], benches: list[str]) -> dict[str, Any]:
+    return {
+        "title": "Mean response tokens per benchmark",
+        "note": "",
+        "header": ["run", *benches],
+        "rows": [
+            [
+                s.label,
+                *(_tok(s.benches[b]["mean_tokens"]) if b in s.benches else "–" for b in benches),
             ]
-            rows.append([s.label, *cells])
-        tables.append(
-            {
-                "title": f"{bench} by level: mean tokens / reflective % / accuracy %",
-                "note": "",
-                "header": ["run", *(f"level {lv}" for lv in levels)],
-                "rows": rows,
-            }
-        )
-    cost_header = ["run", "tokens per 1,000 queries"]
+            for s in stats
+        ],
+    }
+
+
+def _level_table(stats: list[RunStats], bench: str) -> dict[str, Any]:
+    """One benchmark's levels: mean tokens / reflective % / accuracy % per run and level."""
+    levels = sorted({lv for s in stats for lv in s.levels(bench)}, key=level_key)
+    rows = []
+    for s in stats:
+        by = s.levels(bench)
+        cells = [
+            "–"
+            if lv not in by
+            else " / ".join(
+                (
+                    _tok(by[lv]["mean_tokens"]),
+                    _pct(by[lv]["reflective_ratio"]),
+                    _pct(by[lv]["accuracy"]),
+                )
+            )
+            for lv in levels
+        ]
+        rows.append([s.label, *cells])
+    return {
+        "title": f"{bench} by level: mean tokens / reflective % / accuracy %",
+        "note": "",
+        "header": ["run", *(f"level {lv}" for lv in levels)],
+        "rows": rows,
+    }
+
+
+def _cost_table(
+    stats: list[RunStats], reference: RunStats | None, price: float | None
+) -> dict[str, Any]:
+    header = ["run", "tokens per 1,000 queries"]
     if price is not None:
-        cost_header.append(f"$ per 1,000 queries at ${price:g}/Mtok")
+        header.append(f"$ per 1,000 queries at ${price:g}/Mtok")
     if reference is not None:
-        cost_header.append(f"saved vs {reference.label}")
-    cost_rows = []
+        header.append(f"saved vs {reference.label}")
+    rows = []
     for s in stats:
         per_1000 = s.cost["tokens_per_1000_queries"]
         row = [s.label, "–" if per_1000 is None else f"{per_1000:,.0f}"]
@@ -210,16 +214,25 @@ def _tables(stats: list[RunStats], reference: RunStats | None, price: float | No
         if reference is not None:
             saved = s.cost.get("tokens_saved_per_1000_queries")
             row.append("–" if saved is None else f"{saved:,.0f} tokens")
-        cost_rows.append(row)
-    tables.append(
-        {
-            "title": "Cost",
-            "note": "Output tokens per 1,000 queries drawn equally from the benchmarks above; "
-            "tokens saved are counted on the items both runs evaluated.",
-            "header": cost_header,
-            "rows": cost_rows,
-        }
-    )
+        rows.append(row)
+    return {
+        "title": "Cost",
+        "note": "Output tokens per 1,000 queries drawn equally from the benchmarks above; "
+        "tokens saved are counted on the items both runs evaluated.",
+        "header": header,
+        "rows": rows,
+    }
+
+
+def _tables(stats: list[RunStats], reference: RunStats | None, price: float | None) -> list[dict]:
+    """Each table: {"title", "note", "header", "rows"} (strings), rendered to md and html."""
+    benches = _all_benches(stats)
+    tables = [
+        _accuracy_table(stats, reference, benches),
+        _tokens_table(stats, benches),
+        *(_level_table(stats, b) for b in benches if any(s.levels(b) for s in stats)),
+        _cost_table(stats, reference, price),
+    ]
     coverage = coverage_table(
         [s.label for s in stats], [s.coverage for s in stats], reference and reference.label
     )
@@ -533,58 +546,41 @@ def _json_figures(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if k != "per_level"}
 
 
-def write_report(
-    run_dirs: list[str | Path],
-    out_dir: str | Path,
-    *,
-    labels: list[str] | None = None,
-    reference: str | Path | None = None,
-    price_per_mtok: float | None = None,
-    title: str = "l2smerge report",
-    notes: str | None = None,
-    chosen: str | None = None,
-) -> dict[str, Any]:
-    """Write report.md, report.html, report.json and the plots to `out_dir`; return report.json.
-
-    `labels` name the runs (default: each run folder's name); `reference` is a label or path
-    of one of the runs (default: the run labelled "system2", if any); `notes` is markdown
-    placed under the title (e.g. the sweep's selection); `chosen` is the label of a run to
-    mark as the chosen operating point in the plot."""
+def _load_runs(run_dirs: list[str | Path], labels: list[str] | None) -> list[Run]:
+    """The runs, labelled uniquely: two folders named "run" become run, run-2."""
     if not run_dirs:
         raise L2SError("report needs at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
         raise L2SError(f"got {len(labels)} labels for {len(run_dirs)} run directories")
     runs = [load_run(p, None if labels is None else labels[i]) for i, p in enumerate(run_dirs)]
     seen: dict[str, int] = {}
-    for run in runs:  # keep labels unique: two folders named "run" become run, run-2
+    for run in runs:
         seen[run.label] = seen.get(run.label, 0) + 1
         if seen[run.label] > 1:
             run.label = f"{run.label}-{seen[run.label]}"
-    stats = [summarise(r) for r in runs]
-    ref = _pick_reference(stats, reference)
-    for s in stats:
-        per_query = s.average["mean_tokens"]
-        s.cost = {
-            "tokens_per_1000_queries": None if per_query is None else 1000 * per_query,
-            "dollars_per_1000_queries": (
-                None
-                if price_per_mtok is None or per_query is None
-                else 1000 * per_query * price_per_mtok / 1e6
-            ),
-        }
-        if ref is not None:
-            _against_reference(s, ref)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(stats, ref, chosen, out)
-    tables = _tables(stats, ref, price_per_mtok)
+    return runs
+
+
+def _cost(s: RunStats, price_per_mtok: float | None) -> dict[str, float | None]:
+    """Output tokens and dollars per 1,000 queries (None without token counts or a price)."""
+    per_query = s.average["mean_tokens"]
+    return {
+        "tokens_per_1000_queries": None if per_query is None else 1000 * per_query,
+        "dollars_per_1000_queries": (
+            None
+            if price_per_mtok is None or per_query is None
+            else 1000 * per_query * price_per_mtok / 1e6
+        ),
+    }
+
+
+def _fronts(stats: list[RunStats]) -> tuple[list[str], list[str]]:
+    """The labels on the Pareto front of accuracy against tokens, and of key-point coverage
+    against tokens."""
     timed = [s for s in stats if s.average["mean_tokens"] is not None]
     acc = [s.average["accuracy"] for s in timed]
     tok = [s.average["mean_tokens"] for s in timed]
     front = [timed[i].label for i in pareto_front(acc, tok)]
-
-    differences = protocol_differences(*runs)  # said loudly: numbers that mix protocols
-    front_text = ", ".join(front) if front else "not available (no token counts)"
     covered = [s for s in stats if s.coverage and None not in _coverage_average(s).values()]
     coverage_front = [
         covered[i].label
@@ -593,6 +589,12 @@ def write_report(
             [_coverage_average(s)["mean_tokens"] for s in covered],
         )
     ]
+    return front, coverage_front
+
+
+def _intro(stats: list[RunStats], front: list[str], coverage_front: list[str]) -> list[str]:
+    """The lines under the title: the runs, the Pareto fronts, runs missing token counts."""
+    front_text = ", ".join(front) if front else "not available (no token counts)"
     intro = [
         f"Runs: {', '.join(f'`{s.label}` ({s.path})' for s in stats)}.",
         "",
@@ -613,27 +615,102 @@ def write_report(
             "length and cost show as –.",
             "",
         ]
-    warning = [protocol_warning(differences)] if differences else []
-    md = [f"# {title}", "", *warning, *([notes, ""] if notes else []), *intro]
+    return intro
+
+
+def _markdown(
+    title: str,
+    warning: str | None,
+    notes: str | None,
+    intro: list[str],
+    tables: list[dict],
+    plots: dict[str, Path],
+) -> str:
+    md = [f"# {title}", "", *([warning] if warning is not None else [])]
+    md += [*([notes, ""] if notes else []), *intro]
+    for t in tables:
+        md += [_md_table(t), ""]
+    for name, path in plots.items():
+        md += [f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({path.name})", ""]
+    return "\n".join(md)
+
+
+def _html(
+    title: str,
+    warning: str | None,
+    notes: str | None,
+    intro: list[str],
+    tables: list[dict],
+    plots: dict[str, Path],
+) -> str:
+    """Self-contained: the plots are embedded as data URLs."""
     html_parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        _markdown_html(warning[0]) if warning else "",
+        _markdown_html(warning) if warning is not None else "",
         _markdown_html(notes) if notes else "",
         _markdown_html("\n".join(intro)),
     ]
     for t in tables:
-        md += [_md_table(t), ""]
         html_parts.append(_html_table(t))
     for name, path in plots.items():
-        md += [f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({path.name})", ""]
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         html_parts += [
             f"<h2>{html.escape(PLOTS[name])}</h2>",
             f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>",
         ]
     html_parts.append("</body></html>")
+    return "\n".join(html_parts) + "\n"
+
+
+def _run_json(s: RunStats) -> dict[str, Any]:
+    return {
+        "label": s.label,
+        "path": str(s.path),
+        "average": s.average,
+        "length_change": s.length_change,
+        "cost": s.cost,
+        "benchmarks": {b: _json_figures(g) for b, g in s.benches.items()},
+        "levels": {b: g["per_level"] for b, g in s.benches.items() if "per_level" in g},
+        "coverage": s.coverage,
+    }
+
+
+def write_report(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: list[str] | None = None,
+    reference: str | Path | None = None,
+    price_per_mtok: float | None = None,
+    title: str = "l2smerge report",
+    notes: str | None = None,
+    chosen: str | None = None,
+) -> dict[str, Any]:
+    """Write report.md, report.html, report.json and the plots to `out_dir`; return report.json.
+
+    `labels` name the runs (default: each run folder's name); `reference` is a label or path
+    of one of the runs (default: the run labelled "system2", if any); `notes` is markdown
+    placed under the title (e.g. the sweep's selection); `chosen` is the label of a run to
+    mark as the chosen operating point in the plot."""
+    runs = _load_runs(run_dirs, labels)
+    stats = [summarise(r) for r in runs]
+    ref = _pick_reference(stats, reference)
+    for s in stats:
+        s.cost = _cost(s, price_per_mtok)
+        if ref is not None:
+            _against_reference(s, ref)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(stats, ref, chosen, out)
+    tables = _tables(stats, ref, price_per_mtok)
+    front, coverage_front = _fronts(stats)
+    differences = protocol_differences(*runs)  # said loudly: numbers that mix protocols
+    intro = _intro(stats, front, coverage_front)
+    warning = protocol_warning(differences) if differences else None
+    markdown = _markdown(title, warning, notes, intro, tables, plots)
+    page = _html(title, warning, notes, intro, tables, plots)
     summary = {
         "title": title,
         "reference": None if ref is None else ref.label,
@@ -642,22 +719,10 @@ def write_report(
         "pareto_front": front,
         "coverage_pareto_front": coverage_front,
         "protocol_differences": differences,
-        "runs": [
-            {
-                "label": s.label,
-                "path": str(s.path),
-                "average": s.average,
-                "length_change": s.length_change,
-                "cost": s.cost,
-                "benchmarks": {b: _json_figures(g) for b, g in s.benches.items()},
-                "levels": {b: g["per_level"] for b, g in s.benches.items() if "per_level" in g},
-                "coverage": s.coverage,
-            }
-            for s in stats
-        ],
+        "runs": [_run_json(s) for s in stats],
         "plots": {name: p.name for name, p in plots.items()},
     }
-    write_text_atomic(out / "report.md", "\n".join(md))
-    write_text_atomic(out / "report.html", "\n".join(html_parts) + "\n")
+    write_text_atomic(out / "report.md", markdown)
+    write_text_atomic(out / "report.html", page)
     write_json_atomic(out / "report.json", summary)
     return summary
