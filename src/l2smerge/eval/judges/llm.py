@@ -96,75 +96,65 @@ class JudgeUnavailable(L2SError):
     """The judge endpoint failed for good (retries spent, bad key, unknown model)."""
 
 
-@dataclass
-class _Asked:
-    """What one worker got for one response: verdicts for the points asked, or an error."""
+def _check_options(
+    url: str | None,
+    model: str | None,
+    *,
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    malformed_retries: int,
+    max_tokens: int,
+    max_chars: int,
+) -> None:
+    if not url:
+        raise L2SError("--judge llm needs --judge-url, e.g. http://127.0.0.1:8000/v1")
+    if not model:
+        raise L2SError("--judge llm needs --judge-model (the judge's served model name)")
+    if concurrency < 1 or retries < 0 or malformed_retries < 0 or timeout <= 0:
+        raise L2SError("judge --concurrency and --timeout must be positive, retries at least 0")
+    if max_tokens < 1 or max_chars < 1:
+        raise L2SError("--judge-max-tokens and --judge-max-chars must be at least 1")
+    try:
+        scheme = httpx.URL(url).scheme
+    except httpx.InvalidURL:
+        scheme = ""
+    if scheme not in ("http", "https"):
+        raise L2SError(f"--judge-url must be an http(s) URL, got {url!r}")
 
-    verdicts: list[RawVerdict] | None
-    error: str | None
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
 
-
-class LLMJudge:
-    name = "llm"
+class ChatEndpoint:
+    """The judge's OpenAI-compatible chat endpoint: one request with retries and backoff;
+    the API key goes only into the Authorization header and is blanked out of every message."""
 
     def __init__(
         self,
+        url: str,
+        model: str,
+        key: str | None,
         *,
-        url: str | None,
-        model: str | None,
-        api_key_env: str = DEFAULT_API_KEY_ENV,
-        concurrency: int = 4,
-        timeout: float = 300.0,
-        retries: int = 5,
-        malformed_retries: int = 2,
-        backoff: float = 1.0,
-        max_tokens: int = 2048,
-        max_chars: int = 100_000,
-        cache_dir: str | Path | None = None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_tokens: int,
     ):
-        if not url:
-            raise L2SError("--judge llm needs --judge-url, e.g. http://127.0.0.1:8000/v1")
-        if not model:
-            raise L2SError("--judge llm needs --judge-model (the judge's served model name)")
-        if concurrency < 1 or retries < 0 or malformed_retries < 0 or timeout <= 0:
-            raise L2SError("judge --concurrency and --timeout must be positive, retries at least 0")
-        if max_tokens < 1 or max_chars < 1:
-            raise L2SError("--judge-max-tokens and --judge-max-chars must be at least 1")
-        try:
-            scheme = httpx.URL(url).scheme
-        except httpx.InvalidURL:
-            scheme = ""
-        if scheme not in ("http", "https"):
-            raise L2SError(f"--judge-url must be an http(s) URL, got {url!r}")
         self.url = url.rstrip("/")
         self.model = model
-        self.concurrency = concurrency
         self.retries = retries
-        self.malformed_retries = malformed_retries
         self.backoff = backoff
         self.max_tokens = max_tokens
-        self.max_chars = max_chars
-        self._key = os.environ.get(api_key_env) or None
+        self._key = key
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout)
-        self.cache = VerdictCache(cache_dir)
 
     @property
-    def endpoint(self) -> str:
+    def chat_url(self) -> str:
         return f"{self.url}/chat/completions"
-
-    def info(self) -> dict[str, Any]:
-        return {"judge": self.name, "judge_model": self.model, "judge_prompt": PROMPT_HASH}
 
     def redact(self, text: str) -> str:
         return text.replace(self._key, REDACTED) if self._key else text
 
-    # -- one response -------------------------------------------------------------------
-
-    def _post(self, messages: list[dict[str, str]]) -> dict[str, Any] | str:
+    def post(self, messages: list[dict[str, str]]) -> dict[str, Any] | str:
         """The endpoint's JSON reply; a string for a request it refuses (a judge error)."""
         body = {
             "model": self.model,
@@ -176,7 +166,7 @@ class LLMJudge:
         for attempt in range(self.retries + 1):
             wait_s = self.backoff * 2**attempt
             try:
-                reply = self.client.post(self.endpoint, json=body)
+                reply = self.client.post(self.chat_url, json=body)
             except httpx.TransportError as exc:  # refused, reset, timed out
                 problem = type(exc).__name__
             else:
@@ -201,52 +191,159 @@ class LLMJudge:
                 else:
                     raise JudgeUnavailable(
                         self.redact(
-                            f"judge {self.endpoint} answered HTTP {status}: {reply.text[:300]}"
+                            f"judge {self.chat_url} answered HTTP {status}: {reply.text[:300]}"
                         )
                     )
             if attempt < self.retries:
                 time.sleep(wait_s)
         raise JudgeUnavailable(
             self.redact(
-                f"judge {self.endpoint} failed after {self.retries} retries ({problem}); "
+                f"judge {self.chat_url} failed after {self.retries} retries ({problem}); "
                 "the results so far are kept, rerun to resume"
             )
         )
 
-    def _ask(self, response: str, lines: list[str]) -> _Asked:
-        messages = judge_messages(response, lines)
-        asked = _Asked(None, None, 0, 0, 0)
-        problem = ""
-        for _ in range(self.malformed_retries + 1):
-            reply = self._post(messages)
-            if isinstance(reply, str):
-                asked.error = reply
-                return asked
-            asked.requests += 1
-            usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
-            for field in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(field), int):
-                    setattr(asked, field, getattr(asked, field) + usage[field])
-            content, finish = _content(reply)
-            try:
-                if content is None:
-                    raise MalformedVerdicts("the reply has no message content")
-                asked.verdicts = parse_verdicts(content, len(lines))
-                return asked
-            except MalformedVerdicts as exc:
-                problem = str(exc)
-                if finish == "length":
-                    problem += f" (cut at {self.max_tokens} tokens; raise --judge-max-tokens)"
-                messages = messages[:2] + [
-                    {"role": "assistant", "content": content or ""},
-                    {"role": "user", "content": JUDGE_REPAIR.format(problem=problem, n=len(lines))},
-                ]
-        asked.error = self.redact(
-            f"malformed judge output after {asked.requests} request(s): {problem}"
-        )
-        return asked
+    def close(self) -> None:
+        self.client.close()
 
-    # -- many responses -----------------------------------------------------------------
+
+@dataclass
+class _Asked:
+    """What one worker got for one response: verdicts for the points asked, or an error."""
+
+    verdicts: list[RawVerdict] | None = None
+    error: str | None = None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def count(self, reply: dict[str, Any]) -> None:
+        """Count one request and the tokens its reply reports."""
+        self.requests += 1
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        for field in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(field), int):
+                setattr(self, field, getattr(self, field) + usage[field])
+
+    def failed(self) -> Judgement:
+        """The judge error this response gets, with what asking cost."""
+        return Judgement(
+            None,
+            error=self.error,
+            requests=self.requests,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
+
+
+def _ask(endpoint: ChatEndpoint, response: str, lines: list[str], malformed_retries: int) -> _Asked:
+    """The verdicts on one response's key points `lines`; output that does not follow the
+    format is sent back with what is wrong, up to `malformed_retries` times."""
+    messages = judge_messages(response, lines)
+    asked = _Asked()
+    problem = ""
+    for _ in range(malformed_retries + 1):
+        reply = endpoint.post(messages)
+        if isinstance(reply, str):
+            asked.error = reply
+            return asked
+        asked.count(reply)
+        content, finish = _content(reply)
+        try:
+            if content is None:
+                raise MalformedVerdicts("the reply has no message content")
+            asked.verdicts = parse_verdicts(content, len(lines))
+            return asked
+        except MalformedVerdicts as exc:
+            problem = str(exc)
+            if finish == "length":
+                problem += f" (cut at {endpoint.max_tokens} tokens; raise --judge-max-tokens)"
+            messages = messages[:2] + [
+                {"role": "assistant", "content": content or ""},
+                {"role": "user", "content": JUDGE_REPAIR.format(problem=problem, n=len(lines))},
+            ]
+    asked.error = endpoint.redact(
+        f"malformed judge output after {asked.requests} request(s): {problem}"
+    )
+    return asked
+
+
+def _judgement(
+    request: JudgeRequest, lines: list[str], raw: dict[str, RawVerdict], asked: _Asked
+) -> Judgement:
+    """The verdict on every key point, from the judge's raw verdicts (keyed by point line)."""
+    verdicts = tuple(
+        PointVerdict(
+            point.text,
+            status := point_status(raw[line], request.response),
+            raw[line].evidence if status != MISSED else None,
+        )
+        for point, line in zip(request.key_points, lines, strict=True)
+    )
+    return Judgement(
+        verdicts,
+        requests=asked.requests,
+        prompt_tokens=asked.prompt_tokens,
+        completion_tokens=asked.completion_tokens,
+    )
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A response being asked about: its index, its key-point lines, the verdicts already
+    known (cached) and the lines asked."""
+
+    index: int
+    lines: list[str]
+    raw: dict[str, RawVerdict]
+    missing: list[str]
+
+
+class LLMJudge:
+    name = "llm"
+
+    def __init__(
+        self,
+        *,
+        url: str | None,
+        model: str | None,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        concurrency: int = 4,
+        timeout: float = 300.0,
+        retries: int = 5,
+        malformed_retries: int = 2,
+        backoff: float = 1.0,
+        max_tokens: int = 2048,
+        max_chars: int = 100_000,
+        cache_dir: str | Path | None = None,
+    ):
+        _check_options(
+            url,
+            model,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            malformed_retries=malformed_retries,
+            max_tokens=max_tokens,
+            max_chars=max_chars,
+        )
+        self.model = model
+        self.concurrency = concurrency
+        self.malformed_retries = malformed_retries
+        self.max_chars = max_chars
+        self.endpoint = ChatEndpoint(
+            url,
+            model,
+            os.environ.get(api_key_env) or None,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_tokens=max_tokens,
+        )
+        self.cache = VerdictCache(cache_dir)
+
+    def info(self) -> dict[str, Any]:
+        return {"judge": self.name, "judge_model": self.model, "judge_prompt": PROMPT_HASH}
 
     def _cached(self, request: JudgeRequest) -> tuple[list[str], dict[str, RawVerdict]]:
         lines = [point_line(p) for p in request.key_points]
@@ -257,49 +354,43 @@ class LLMJudge:
                 found[line] = RawVerdict(bool(hit["covered"]), str(hit["evidence"]))
         return lines, found
 
-    def _judgement(
-        self, request: JudgeRequest, lines: list[str], raw: dict[str, RawVerdict], asked: _Asked
-    ) -> Judgement:
-        verdicts = tuple(
-            PointVerdict(
-                point.text,
-                status := point_status(raw[line], request.response),
-                raw[line].evidence if status != MISSED else None,
-            )
-            for point, line in zip(request.key_points, lines, strict=True)
+    def _remember(self, response: str, fresh: dict[str, RawVerdict]) -> None:
+        self.cache.put_many(
+            {
+                verdict_key(self.model, PROMPT_HASH, response, line): {
+                    "covered": v.covered,
+                    "evidence": v.evidence,
+                }
+                for line, v in fresh.items()
+            }
         )
+
+    def _too_long(self, request: JudgeRequest) -> Judgement:
         return Judgement(
-            verdicts,
-            requests=asked.requests,
-            prompt_tokens=asked.prompt_tokens,
-            completion_tokens=asked.completion_tokens,
+            None,
+            error=f"response of {len(request.response)} characters is over the "
+            f"judge's limit of {self.max_chars}; raise --judge-max-chars",
         )
 
     def judge(self, requests: Sequence[JudgeRequest]) -> Iterator[tuple[int, Judgement]]:
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="l2s-judge")
-        pending: dict[Future[_Asked], tuple[int, list[str], dict[str, RawVerdict], list[str]]] = {}
+        pending: dict[Future[_Asked], _Pending] = {}
         try:
             for index, request in enumerate(requests):
-                nothing = _Asked(None, None, 0, 0, 0)
                 if len(request.response) > self.max_chars:
-                    yield (
-                        index,
-                        Judgement(
-                            None,
-                            error=f"response of {len(request.response)} characters is over the "
-                            f"judge's limit of {self.max_chars}; raise --judge-max-chars",
-                        ),
-                    )
+                    yield index, self._too_long(request)
                     continue
                 lines, raw = self._cached(request)
                 if not request.response.strip():  # nothing to quote: nothing is covered
                     raw = {line: RawVerdict(False, "") for line in lines}
                 missing = [line for line in lines if line not in raw]
                 if not missing:
-                    yield index, self._judgement(request, lines, raw, nothing)
+                    yield index, _judgement(request, lines, raw, _Asked())
                     continue
-                future = pool.submit(self._ask, request.response, missing)
-                pending[future] = (index, lines, raw, missing)
+                future = pool.submit(
+                    _ask, self.endpoint, request.response, missing, self.malformed_retries
+                )
+                pending[future] = _Pending(index, lines, raw, missing)
                 while len(pending) >= 2 * self.concurrency:  # bounded: a failure stops soon
                     yield from self._finish(requests, pending, FIRST_COMPLETED)
             while pending:
@@ -307,38 +398,27 @@ class LLMJudge:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _finish(self, requests, pending, when) -> Iterator[tuple[int, Judgement]]:
+    def _finish(
+        self,
+        requests: Sequence[JudgeRequest],
+        pending: dict[Future[_Asked], _Pending],
+        when: str,
+    ) -> Iterator[tuple[int, Judgement]]:
         done, _ = wait(pending, return_when=when)
         for future in done:
-            index, lines, raw, missing = pending.pop(future)
+            asked_about = pending.pop(future)
             asked = future.result()  # JudgeUnavailable propagates: the run stops
-            request = requests[index]
+            request = requests[asked_about.index]
             if asked.verdicts is None:
-                yield (
-                    index,
-                    Judgement(
-                        None,
-                        error=asked.error,
-                        requests=asked.requests,
-                        prompt_tokens=asked.prompt_tokens,
-                        completion_tokens=asked.completion_tokens,
-                    ),
-                )
+                yield asked_about.index, asked.failed()
                 continue
-            fresh = dict(zip(missing, asked.verdicts, strict=True))
-            self.cache.put_many(
-                {
-                    verdict_key(self.model, PROMPT_HASH, request.response, line): {
-                        "covered": v.covered,
-                        "evidence": v.evidence,
-                    }
-                    for line, v in fresh.items()
-                }
-            )
-            yield index, self._judgement(request, lines, {**raw, **fresh}, asked)
+            fresh = dict(zip(asked_about.missing, asked.verdicts, strict=True))
+            self._remember(request.response, fresh)
+            raw = {**asked_about.raw, **fresh}
+            yield asked_about.index, _judgement(request, asked_about.lines, raw, asked)
 
     def close(self) -> None:
-        self.client.close()
+        self.endpoint.close()
         self.cache.close()
 
 
