@@ -8,6 +8,12 @@ p-value is a sign-flip permutation test (the multi-benchmark analogue of McNemar
 one run got right and the other got wrong are written out with both responses side by side.
 Per-group figures (accuracy, tokens, reflection) come from l2smerge.eval.metrics, the one
 place they are computed.
+
+Sampled runs (several responses per item): an item's verdict is its share of samples graded
+correct (eval.metrics.item_records), so the 2×2 table holds fractional counts (`lost` = Σ
+max(a − b, 0) over items, `gained` likewise); Tango's interval takes them as they are (as the
+coverage A/B does: conservative, exact for 0/1 verdicts), and the p-value is the paired
+sign-flip test on the per-item differences instead of McNemar's.
 """
 
 from __future__ import annotations
@@ -103,6 +109,8 @@ def _describe(pairs: Pairs) -> dict[str, Any]:
         "reflective_ratio_delta": None if refl_a is None or refl_b is None else refl_b - refl_a,
         "study_reflective_ratio_a": fa["study_reflective_ratio"],
         "study_reflective_ratio_b": fb["study_reflective_ratio"],
+        **({"samples_a": fa["samples"]} if "samples" in fa else {}),
+        **({"samples_b": fb["samples"]} if "samples" in fb else {}),
     }
 
 
@@ -115,11 +123,26 @@ def _token_arrays(pairs: Pairs) -> tuple[np.ndarray, np.ndarray] | None:
     )
 
 
+def _count(x: float) -> float | int:
+    """A count of items: an int when whole (greedy runs), else the fractional sum."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _verdicts(pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: A's and B's verdicts (1/0, or a sampled item's share of correct samples)."""
+    return (
+        np.array([float(a["correct"]) for a, _ in pairs]),
+        np.array([float(b["correct"]) for _, b in pairs]),
+    )
+
+
 def _bench_comparison(pairs: Pairs, *, resamples: int, seed: int) -> dict[str, Any]:
     out = _describe(pairs)
-    lost = sum(1 for a, b in pairs if a["correct"] and not b["correct"])
-    gained = sum(1 for a, b in pairs if b["correct"] and not a["correct"])
-    both_right = sum(1 for a, b in pairs if a["correct"] and b["correct"])
+    a_right, b_right = _verdicts(pairs)
+    lost = _count(math.fsum(np.clip(a_right - b_right, 0, None)))
+    gained = _count(math.fsum(np.clip(b_right - a_right, 0, None)))
+    both_right = _count(math.fsum(np.minimum(a_right, b_right)))
+    whole = isinstance(lost, int) and isinstance(gained, int)
     ratio_ci: tuple[float | None, float | None] = (None, None)
     tokens = _token_arrays(pairs)
     if tokens is not None:
@@ -132,12 +155,16 @@ def _bench_comparison(pairs: Pairs, *, resamples: int, seed: int) -> dict[str, A
     out.update(
         {
             "delta_ci95": list(paired_difference_interval(gained, lost, len(pairs))),
-            "p_value": mcnemar_exact(lost, gained),
+            "p_value": (
+                mcnemar_exact(int(lost), int(gained))
+                if whole and np.isin(a_right, (0, 1)).all() and np.isin(b_right, (0, 1)).all()
+                else sign_flip_p_value([b_right - a_right], seed=seed)
+            ),
             "tokens_ratio_ci95": [_clean(ratio_ci[0]), _clean(ratio_ci[1])],
             "a_right_b_wrong": lost,
             "b_right_a_wrong": gained,
             "both_right": both_right,
-            "both_wrong": len(pairs) - lost - gained - both_right,
+            "both_wrong": _count(len(pairs) - lost - gained - both_right),
             "truncated_a": sum(bool(a.get("truncated")) for a, _ in pairs),
             "truncated_b": sum(bool(b.get("truncated")) for _, b in pairs),
         }
@@ -206,8 +233,8 @@ def _macro(
         "reflective_ratio_delta": None if refl_a is None or refl_b is None else refl_b - refl_a,
         "study_reflective_ratio_a": mean_of("study_reflective_ratio_a"),
         "study_reflective_ratio_b": mean_of("study_reflective_ratio_b"),
-        "a_right_b_wrong": sum(per_bench[b]["a_right_b_wrong"] for b in names),
-        "b_right_a_wrong": sum(per_bench[b]["b_right_a_wrong"] for b in names),
+        "a_right_b_wrong": _count(math.fsum(per_bench[b]["a_right_b_wrong"] for b in names)),
+        "b_right_a_wrong": _count(math.fsum(per_bench[b]["b_right_a_wrong"] for b in names)),
     }
 
 
@@ -242,6 +269,9 @@ def compare_runs(
             "combination of the per-benchmark intervals",
             "p_value": "exact two-sided McNemar on discordant pairs "
             "(macro over several benchmarks: paired sign-flip permutation test)",
+            "sampled_runs": "an item's verdict is its share of samples graded correct; the "
+            "2x2 counts are sums of those shares, Tango's interval takes them as they are, "
+            "the p-value is a paired sign-flip test",
             "tokens_ratio": "macro mean tokens of B / macro mean tokens of A on the shared "
             "items (paired percentile bootstrap interval, stratified by benchmark)",
             "resamples": resamples,
@@ -266,7 +296,7 @@ def discordant_items(
     b_wins: list[dict[str, Any]] = []
     for key, a in run_a.records.items():
         b = run_b.records.get(key)
-        if b is None or a["correct"] == b["correct"]:
+        if b is None or float(a["correct"]) == float(b["correct"]):
             continue
         item = {
             "bench": key[0],
@@ -274,11 +304,21 @@ def discordant_items(
             "level": level_of(a) or level_of(b),
             "question": questions.get(*key),
             "gold": a.get("gold", b.get("gold")),
-            "a": {k: a.get(k) for k in ("extracted", "tokens", "truncated", "response")},
-            "b": {k: b.get(k) for k in ("extracted", "tokens", "truncated", "response")},
+            "a": _side(a),
+            "b": _side(b),
         }
-        (a_wins if a["correct"] else b_wins).append(item)
+        (a_wins if float(a["correct"]) > float(b["correct"]) else b_wins).append(item)
     return a_wins, b_wins
+
+
+def _side(record: dict[str, Any]) -> dict[str, Any]:
+    """One run's answer to a discordant item; a sampled item's first sample, with how many of
+    its samples were right."""
+    shown = (record.get("sample_records") or [record])[0]
+    side = {k: shown.get(k) for k in ("extracted", "tokens", "truncated", "response")}
+    if "samples" in record:
+        side.update(samples=record["samples"], samples_correct=record["samples_correct"])
+    return side
 
 
 class _QuestionLookup:
@@ -319,6 +359,10 @@ def _ci_pct(ci: list[float | None]) -> str:
 
 def _num(x: float | None, fmt: str = ".0f") -> str:
     return "–" if x is None else format(x, fmt)
+
+
+def _count_text(x: float | int) -> str:
+    return str(x) if isinstance(x, int) else f"{x:.2f}"
 
 
 def _ratio_ci(ci: list[float | None]) -> str:
@@ -363,9 +407,10 @@ def render_markdown(
                     else f"{s['tokens_ratio']:.2f} {_ratio_ci(s['tokens_ratio_ci95'])}"
                 ),
                 f"{_pct(s['reflective_ratio_a'])} → {_pct(s['reflective_ratio_b'])}",
-                f"{s['a_right_b_wrong']} / {s['b_right_a_wrong']}",
+                f"{_count_text(s['a_right_b_wrong'])} / {_count_text(s['b_right_a_wrong'])}",
             ]
         )
+    sampled = any("samples_a" in s or "samples_b" in s for s in result["benchmarks"].values())
     parts = [
         f"# Compare: A = `{a}`, B = `{b}`",
         "",
@@ -376,7 +421,11 @@ def render_markdown(
         "interval; macro: MOVER over benchmarks); "
         "p = exact McNemar (macro: sign-flip permutation test); tokens ratio = mean tokens "
         "B / A with its 95% bootstrap interval; only items both runs evaluated count.",
-        "",
+        ""
+        if not sampled
+        else "\nSampled runs: an item counts by its share of samples graded correct (accuracy "
+        "is avg@n); the A✓B✗ / A✗B✓ counts are sums of per-item differences, and p is the "
+        "paired sign-flip test.\n",
         _md_table(
             [
                 "benchmark",
@@ -444,7 +493,10 @@ def _side_by_side(item: dict[str, Any], label_a: str, label_b: str) -> str:
     cells = []
     for label, side in ((label_a, item["a"]), (label_b, item["b"])):
         tokens = side.get("tokens")
-        meta = f"answer <code>{esc(str(side.get('extracted')))}</code>, "
+        meta = ""
+        if "samples" in side:
+            meta = f"{side['samples_correct']}/{side['samples']} samples right; sample 0: "
+        meta += f"answer <code>{esc(str(side.get('extracted')))}</code>, "
         meta += "tokens unknown" if tokens is None else f"{tokens} tokens"
         if side.get("truncated"):
             meta += ", truncated"

@@ -128,6 +128,25 @@ def eval_command(
         "--judge-cache",
         help="llm judge: verdict cache folder [default: $L2SMERGE_CACHE_DIR/judge].",
     ),
+    sampling: str = typer.Option(
+        "greedy",
+        "--sampling",
+        help="greedy (the study's) | r1: temperature 0.6, top-p 0.95, DeepSeek's recommendation "
+        "for R1 and R1-Distill; --temperature/--top-p/--seed/--samples override it.",
+    ),
+    temperature: float = typer.Option(
+        None, "--temperature", help="Sample at this temperature (0: greedy) [default: greedy]."
+    ),
+    top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling: keep top-p mass."),
+    seed: int = typer.Option(
+        None, "--seed", help="Seed of a sampled run; each item and sample draws its own [0]."
+    ),
+    samples: int = typer.Option(
+        None,
+        "--samples",
+        "-n",
+        help="Responses per item when sampling: accuracy is avg@n, with pass@n [default: 1].",
+    ),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="hf/vllm: accept *.bin checkpoints (pickle)."
     ),
@@ -142,7 +161,12 @@ def eval_command(
     """Evaluate MODEL on reasoning benchmarks (accuracy, response length, reflection) and on
     free-form tasks (key-point coverage)."""
     from l2smerge.eval import evaluate
+    from l2smerge.eval.sampling import resolve_sampling
     from l2smerge.eval.table import summary_table, table_console
+
+    settings = resolve_sampling(
+        sampling, temperature=temperature, top_p=top_p, seed=seed, samples=samples
+    )
 
     backend_opts: dict[str, object] = {}
     if backend in ("hf", "vllm") and dtype:
@@ -191,11 +215,13 @@ def eval_command(
         tasks=task or None,
         judge=judge,
         judge_options=judge_options,
+        sampling=settings,
         **backend_opts,
     )
     console = table_console()
     if not quiet:
-        console.print(summary["model"], markup=False, highlight=False)
+        decoding = "" if settings.greedy else f" ({settings.describe()})"
+        console.print(summary["model"] + decoding, markup=False, highlight=False)
         console.print(summary_table(summary))
         if "coverage_average" in summary:
             from l2smerge.eval.freeform import coverage_table

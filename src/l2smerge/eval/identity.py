@@ -7,9 +7,14 @@ selected between are checked for the same protocol.
   same model under another path is accepted; a hub id by its name; a served model by its
   served name (a server may come back on another port); a replay by its responses file.
 - The protocol (`PROTOCOL_FIELDS`): prompt name and the sha256 of its template, stop strings,
-  the new-token limit, the grader version and, for free-form tasks, the coverage judge.
-  Replayed runs record no prompt, stops or limit (the responses were made elsewhere), runs
-  without tasks no judge: those fields are unknown, never a difference.
+  the new-token limit, the grader version, the decoding ("greedy", or the temperature and
+  top-p sampled at: eval/sampling.py) and, for free-form tasks, the coverage judge.
+  Replayed runs record no prompt, stops, limit or decoding (the responses were made
+  elsewhere), runs without tasks no judge: those fields are unknown, never a difference. A
+  run.json from before decoding was recorded was greedy (nothing else existed).
+- A sampled run's seed (`RESUME_FIELDS`): a run resumes only with the seed it was drawn
+  with, but two runs drawn with other seeds are not evaluated differently. Nor is the number
+  of samples part of the identity: more `--samples` resume a run with the samples it lacks.
 """
 
 from __future__ import annotations
@@ -19,9 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from l2smerge.eval.sampling import GREEDY
 from l2smerge.util.errors import L2SError
 
-PROTOCOL_FIELDS = ("prompt", "prompt_sha256", "stop", "max_tokens", "grader_version", "judge")
+PROTOCOL_FIELDS = (
+    "prompt",
+    "prompt_sha256",
+    "stop",
+    "max_tokens",
+    "grader_version",
+    "sampling",
+    "judge",
+)
+RESUME_FIELDS = ("seed",)
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 
@@ -115,7 +130,11 @@ def identity_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[s
         there, here = describe_model(earlier.get("model") or {}), describe_model(now["model"])
         out.append(f"model: {there} there, {here} now")
     sides = [_Side("there", earlier), _Side("now", now)]
-    return out + protocol_differences(*sides, unknown_differs=True)
+    out += protocol_differences(*sides, unknown_differs=True)
+    for key in RESUME_FIELDS:
+        if earlier.get(key) != now.get(key):
+            out.append(f"{key}: {earlier.get(key)} (there); {now.get(key)} (now)")
+    return out
 
 
 class _Side:
@@ -123,13 +142,16 @@ class _Side:
         self.label, self.protocol = label, protocol_of(identity)
 
 
-def protocol_differences(*runs: Any, unknown_differs: bool = False) -> list[str]:
+def protocol_differences(
+    *runs: Any, unknown_differs: bool = False, fields: Sequence[str] = PROTOCOL_FIELDS
+) -> list[str]:
     """One line per protocol field the runs recorded differently ("prompt: qwen25-math-cot
     (ties, system2); chat (system1)"); [] when they agree. Each run has `.label` and
     `.protocol` (a dict of PROTOCOL_FIELDS, or None when its run.json records none); unknown
-    values are left out, never counted as a difference, unless `unknown_differs`."""
+    values are left out, never counted as a difference, unless `unknown_differs`. `fields`:
+    only these (e.g. ("judge",) for the coverage A/B)."""
     lines = []
-    for key in PROTOCOL_FIELDS:
+    for key in fields:
         groups: dict[str, list[str]] = {}
         for run in runs:
             value = (run.protocol or {}).get(key)
@@ -148,6 +170,8 @@ def _show(key: str, value: Any) -> str:
         return "unknown"
     if key == "prompt_sha256":
         return f"sha256 {value[:12]}"
+    if key == "sampling" and isinstance(value, dict):
+        return f"temperature {value.get('temperature')}, top-p {value.get('top_p')}"
     if key in ("stop", "judge"):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     return str(value)
@@ -157,7 +181,10 @@ def protocol_of(identity: dict[str, Any] | None) -> dict[str, Any] | None:
     """The PROTOCOL_FIELDS of a run identity; None when there is none (an older run.json)."""
     if not identity:
         return None
-    return {key: identity.get(key) for key in PROTOCOL_FIELDS}
+    protocol = {key: identity.get(key) for key in PROTOCOL_FIELDS}
+    if "sampling" not in identity and identity.get("max_tokens") is not None:
+        protocol["sampling"] = GREEDY  # generated before decoding was recorded: greedy
+    return protocol
 
 
 def check_same_protocol(runs: Sequence[Any], what: str) -> None:
@@ -166,7 +193,7 @@ def check_same_protocol(runs: Sequence[Any], what: str) -> None:
     if problems:
         raise L2SError(
             f"cannot {what}: the runs were evaluated differently ({'; '.join(problems)}); "
-            "evaluate them with the same prompt, stops, --max-tokens and grader"
+            "evaluate them with the same prompt, stops, --max-tokens, grader and decoding"
         )
 
 

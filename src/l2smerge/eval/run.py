@@ -35,7 +35,8 @@ from l2smerge.eval.metrics import summarize
 from l2smerge.eval.progress import EvalProgress, quiet_transformers
 from l2smerge.eval.prompts import TOOLKIT_STOP, PromptBuilder, resolve_prompt_name
 from l2smerge.eval.reflection import count_reflections
-from l2smerge.eval.runs import RunDir
+from l2smerge.eval.runs import RunDir, line_key
+from l2smerge.eval.sampling import Sampling, resolve_sampling
 from l2smerge.eval.session import session_record
 from l2smerge.util.device import check_device
 from l2smerge.util.errors import L2SError
@@ -68,6 +69,7 @@ def evaluate(
     tasks: Sequence[str | Path] | None = None,
     judge: str = "lexical",
     judge_options: dict[str, Any] | None = None,
+    sampling: Sampling | str | dict[str, Any] | None = None,
     **backend_opts: Any,
 ) -> dict[str, Any]:
     """Evaluate `model` on `benches` into `out_dir`; returns what it writes to summary.json.
@@ -77,13 +79,27 @@ def evaluate(
     eval/prompts.py or a template file ("auto": each benchmark's default). `quiet`: no notes.
     `log_prompts`: also write each benchmark item's rendered prompt to prompts.jsonl.
     `tasks`: free-form task files (docs/tasks.md), judged by `judge` ("lexical" or "llm", with
-    `judge_options` such as url and model). Rerunning with the same model and protocol
-    resumes: each item ends up in results.jsonl exactly once.
+    `judge_options` such as url and model). `sampling`: greedy (None, the default), a name
+    of eval/sampling.py's PRESETS ("r1"), a Sampling, or a dict of its fields with an optional
+    `preset`; with n samples each item gets n results lines, numbered by `sample`. Rerunning
+    with the same model and protocol resumes: each item (and sample) ends up in results.jsonl
+    exactly once.
     """
     model = str(model)
     check_available(backend)
     if limit is not None and limit < 1:
         raise L2SError(f"--limit must be at least 1, got {limit}")
+    sampling = resolve_sampling(sampling)
+    if backend == "replay" and not sampling.greedy:
+        raise L2SError(
+            "--backend replay takes the responses as they are (a sampled log numbers them "
+            "with `sample`); --temperature/--sampling/--samples do not apply"
+        )
+    if tasks and not sampling.greedy:
+        raise L2SError(
+            "free-form tasks (--task) are judged on one greedy response per item; evaluate "
+            "them without --temperature/--sampling, in a run of their own"
+        )
     notes = Console(stderr=True, quiet=quiet, soft_wrap=True)
     tokenizer = str(tokenizer) if tokenizer else None
     options: dict[str, Any] = {**backend_opts, "device": device, "batch_size": batch_size}
@@ -94,6 +110,11 @@ def evaluate(
         replay = make_backend(backend, model, responses=responses, tokenizer=tokenizer)
         items = _replay_items(replay, benches, data_dir, limit, task_items)
         task_items = _replayed_task_items(replay, task_items, limit)
+        if replay.sampled and task_items:
+            raise L2SError(
+                f"replay file {replay.path} numbers its responses with `sample`; free-form "
+                "tasks are judged on one response per item"
+            )
         replay.check_token_counts([it.key for it in items] + [it.key for it in task_items])
     else:
         if benches is None and not task_items:
@@ -103,15 +124,8 @@ def evaluate(
     bench_order = list(dict.fromkeys([it.bench for it in items] + [t.task for t in task_items]))
 
     generated = backend != "replay"  # replayed responses were made under an unknown protocol
-    item_benches = dict.fromkeys(it.bench for it in items)
-    defaults = [BENCHMARKS[b].default_prompt for b in item_benches] if generated else []
-    prompt_name = resolve_prompt_name(prompt, defaults)
-    PromptBuilder(prompt_name)  # a bad template file fails before any model loads
-    if max_tokens is None:
-        fewshot = prompt_name == "fewshot"
-        max_tokens = DEFAULT_MAX_TOKENS_FEWSHOT if fewshot else DEFAULT_MAX_TOKENS
-    if max_tokens < 1:
-        raise L2SError(f"--max-tokens must be at least 1, got {max_tokens}")
+    item_benches = list(dict.fromkeys(it.bench for it in items))
+    prompt_name, max_tokens = resolve_prompt_and_limit(item_benches, prompt, max_tokens, generated)
     if batch_size is not None and batch_size < 1:
         raise L2SError(f"--batch-size must be at least 1, got {batch_size}")
     if device is not None:
@@ -131,12 +145,14 @@ def evaluate(
     coverage_judge = open_judge(judge, judge_options) if task_items else None
     identity = {
         "model": model_id,
-        "prompt": builder.name if prompted else None,
-        "prompt_sha256": builder.sha256 if prompted else None,
-        "stop": (list(builder.stop) if prompted else list(TOOLKIT_STOP)) if generated else None,
-        "max_tokens": max_tokens if generated else None,
-        "grader_version": GRADER_VERSION,
-        "judge": coverage_judge.info() if coverage_judge is not None else None,
+        **protocol_identity(
+            builder,
+            prompted=prompted,
+            generated=generated,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            judge=coverage_judge.info() if coverage_judge is not None else None,
+        ),
     }
 
     run = RunDir(out_dir)
@@ -144,14 +160,17 @@ def evaluate(
     try:
         done = run.load_results()
         run.check_identity(identity, has_results=bool(done))
-        todo = [it for it in items if it.key not in done]
+        units = _units(items, sampling, replay)
+        todo = [(it, s) for it, s in units if line_key(*it.key, s) not in done]
         task_todo = [it for it in task_items if it.key not in done]
         rejudge = [it for it in task_items if it.key in done and needs_judging(done[it.key])]
         limit_tokens = max_tokens
         if todo or task_todo:
             if engine is None:
                 with quiet_transformers(show_bars=progress and not quiet):
-                    engine = make_backend(backend, model, tokenizer=loaded_tokenizer, **options)
+                    engine = make_backend(
+                        backend, model, tokenizer=loaded_tokenizer, sampling=sampling, **options
+                    )
             _check_loaded(engine, model)
             limit_tokens = _cap_to_context(engine, model, max_tokens, notes)
             session = session_record(
@@ -161,6 +180,7 @@ def evaluate(
                 stop_token_ids=list(engine.stop_ids),
                 context_length=engine.context_length,
                 bos_token=_bos_token(loaded_tokenizer) if builder.name != "chat" else None,
+                sampling=sampling.record() if generated else None,
             )
             template = builder.template if prompted else None
             run.write_info(identity, session, model=model, prompt_template=template)
@@ -195,7 +215,8 @@ def evaluate(
         if coverage_judge is not None:
             coverage_judge.close()
 
-    records = [done[it.key] for it in items] + [done[it.key] for it in task_items]
+    records = [done[line_key(*it.key, s)] for it, s in units]
+    records += [done[it.key] for it in task_items]
     tokenizer_name = tokenizer or (model if backend in ("hf", "vllm") else None)
     summary = summarize(
         model,
@@ -205,12 +226,105 @@ def evaluate(
         prompt=identity["prompt"],
         max_tokens=identity["max_tokens"],
         grader_version=GRADER_VERSION,
+        sampling=sampling.record() if generated else None,
         tokenizer=tokenizer_name,
     )
     if coverage_judge is not None:
         add_coverage(summary, records, coverage_judge)
     run.write_summary(summary)
     return summary
+
+
+def resolve_prompt_and_limit(
+    benches: Sequence[str], prompt: str, max_tokens: int | None, generated: bool
+) -> tuple[str, int]:
+    """The prompt name (`auto`: the benchmarks' default) and the new-token limit (default:
+    the study's for that prompt) of a run over `benches`; a bad prompt file or limit fails
+    here, before any model loads."""
+    defaults = [BENCHMARKS[b].default_prompt for b in benches] if generated else []
+    prompt_name = resolve_prompt_name(prompt, defaults)
+    PromptBuilder(prompt_name)  # a bad template file fails before any model loads
+    if max_tokens is None:
+        fewshot = prompt_name == "fewshot"
+        max_tokens = DEFAULT_MAX_TOKENS_FEWSHOT if fewshot else DEFAULT_MAX_TOKENS
+    if max_tokens < 1:
+        raise L2SError(f"--max-tokens must be at least 1, got {max_tokens}")
+    return prompt_name, max_tokens
+
+
+def protocol_identity(
+    builder: PromptBuilder,
+    *,
+    prompted: bool,
+    generated: bool,
+    max_tokens: int,
+    sampling: Sampling,
+    judge: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The protocol part of run.json's identity (eval/identity.py), the one place it is made:
+    `evaluate` records it, `planned_protocol` predicts it."""
+    return {
+        "prompt": builder.name if prompted else None,
+        "prompt_sha256": builder.sha256 if prompted else None,
+        "stop": (list(builder.stop) if prompted else list(TOOLKIT_STOP)) if generated else None,
+        "max_tokens": max_tokens if generated else None,
+        "grader_version": GRADER_VERSION,
+        "sampling": sampling.protocol() if generated else None,
+        "seed": sampling.seed if generated and not sampling.greedy else None,
+        "judge": judge,
+    }
+
+
+def planned_protocol(
+    benches: str | Sequence[str] | None,
+    *,
+    backend: str = "hf",
+    prompt: str = "auto",
+    max_tokens: int | None = None,
+    sampling: Sampling | str | dict[str, Any] | None = None,
+    tasks: Sequence[str | Path] | None = None,
+    judge: str = "lexical",
+    judge_options: dict[str, Any] | None = None,
+    tokenizer: str | Path | None = None,
+) -> dict[str, Any]:
+    """The protocol `evaluate` with these settings will record, without loading a model (what
+    `l2smerge sweep` checks a reference run against before merging anything). `tokenizer`:
+    the one the model's prompt is rendered with; without it a `chat` prompt's template bytes
+    (prompt_sha256) are left unknown."""
+    if backend == "replay":
+        raise L2SError("planned_protocol: a replayed run's protocol is not ours to plan")
+    names = parse_bench_names(benches) if benches else []
+    prompt_name, limit = resolve_prompt_and_limit(names, prompt, max_tokens, True)
+    loaded = load_tokenizer(str(tokenizer)) if tokenizer and prompt_name == "chat" else None
+    builder = PromptBuilder(prompt_name, loaded)
+    judge_info = None
+    if tasks:
+        opened = open_judge(judge, judge_options)
+        judge_info = opened.info()
+        opened.close()
+    identity = protocol_identity(
+        builder,
+        prompted=bool(names),
+        generated=True,
+        max_tokens=limit,
+        sampling=resolve_sampling(sampling),
+        judge=judge_info,
+    )
+    if builder.is_chat and loaded is None and backend != "openai":
+        identity["prompt_sha256"] = None  # rendered by a tokenizer not known here
+    return identity
+
+
+def _units(
+    items: Sequence[Item], sampling: Sampling, replay: Any | None
+) -> list[tuple[Item, int | None]]:
+    """What is generated: (item, sample) for each sample of each item; sample None for a
+    greedy run (its lines carry no `sample`). A replay: the samples its file has."""
+    if replay is not None:
+        return [(it, s) for it in items for s in replay.samples(it.key)]
+    if sampling.greedy:
+        return [(it, None) for it in items]
+    return [(it, s) for it in items for s in range(sampling.samples)]
 
 
 def _check_loaded(engine: Any, model: str) -> None:
@@ -313,12 +427,14 @@ def _replay_items(
     return items
 
 
-def make_record(item: Item, generation: Generation) -> dict[str, Any]:
-    """One results.jsonl line."""
+def make_record(item: Item, generation: Generation, sample: int | None = None) -> dict[str, Any]:
+    """One results.jsonl line (`sample`: its index in a sampled run, else none)."""
     extracted = extract_answer(generation.response)
     verdict = grade(extracted, item)
     reflections = count_reflections(generation.response)
     record: dict[str, Any] = {"bench": item.bench, "id": item.id}
+    if sample is not None:
+        record["sample"] = sample
     if item.level is not None:
         record["level"] = item.level
     record.update(
@@ -341,26 +457,29 @@ def make_record(item: Item, generation: Generation) -> dict[str, Any]:
 def _generate_and_grade(
     engine: Backend,
     builder: PromptBuilder,
-    todo: list[Item],
+    todo: list[tuple[Item, int | None]],
     max_tokens: int,
     run: RunDir,
-    done: dict[tuple[str, int], dict[str, Any]],
+    done: dict[tuple[Any, ...], dict[str, Any]],
     progress: bool,
     log_prompts: bool,
 ) -> None:
-    requests = [Request(it.key, builder(it.question, it.gold)) for it in todo]
+    prompts = {it.key: builder(it.question, it.gold) for it, _ in todo}
+    requests = [Request(it.key, prompts[it.key], sample=s or 0) for it, s in todo]
+    logged: set[tuple[str, Any]] = set()
     with EvalProgress(len(todo), enabled=progress) as bar:
         for index, generation in engine.generate(requests, max_tokens):
-            item = todo[index]
-            record = make_record(item, generation)
-            if log_prompts:
-                prompt = requests[index].prompt
+            item, sample = todo[index]
+            record = make_record(item, generation, sample)
+            if log_prompts and item.key not in logged:  # one line per item, not per sample
+                logged.add(item.key)
+                prompt = prompts[item.key]
                 row: dict[str, Any] = {"bench": item.bench, "id": item.id, "prompt": prompt.text}
                 if prompt.messages is not None:
                     row["messages"] = list(prompt.messages)
                 run.append_prompt(row)
             run.append(record)
-            done[item.key] = record
+            done[line_key(*item.key, sample)] = record
             bar.advance(generation.tokens or 0)
 
 

@@ -6,7 +6,12 @@ only the same run, never mixes two.
 
 `RunDir` writes them (`l2smerge eval`); `load_run` reads them (compare, report, sweep). Only
 `bench`, `id`, `correct` and `tokens` are required per line; the rest (`response`, `extracted`,
-`gold`, `truncated`, `reflective`, `reflections`, `level`) is used when present."""
+`gold`, `truncated`, `reflective`, `reflections`, `level`) is used when present.
+
+A sampled run (eval/sampling.py) has one line per item per sample, each with its `sample`
+(0, 1, ...); a greedy run's lines have none. Lines are keyed by `line_key`: (bench, id), or
+(bench, id, sample). `load_run` folds a sampled run's lines into one record per item
+(eval.metrics.item_records), so compare, report and sweep pair items, whatever the samples."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from l2smerge.eval.identity import identity_differences, protocol_of
+from l2smerge.eval.metrics import item_records
 from l2smerge.util.atomic import write_json_atomic
 from l2smerge.util.errors import L2SError, writing
 from l2smerge.util.jsonl import parse_object, read_json
@@ -32,7 +38,8 @@ REQUIRED_FIELDS = ("bench", "id", "correct", "tokens")
 
 @dataclass
 class Run:
-    """One evaluated run: its records keyed by (bench, id), in file order."""
+    """One evaluated run: one record per item keyed by (bench, id), in file order (a sampled
+    run's samples folded: eval.metrics.item_records)."""
 
     path: Path
     label: str
@@ -52,11 +59,17 @@ class Run:
         return [r for (b, _), r in self.records.items() if b == bench]
 
 
-def read_results(path: Path) -> tuple[dict[tuple[str, Any], dict[str, Any]], int]:
-    """results.jsonl as records keyed by (bench, id), and the byte length of its complete
+def line_key(bench: str, item_id: Any, sample: int | None) -> tuple[Any, ...]:
+    """The key of one results.jsonl line: (bench, id), or (bench, id, sample) when sampled."""
+    return (bench, item_id) if sample is None else (bench, item_id, sample)
+
+
+def read_results(path: Path) -> tuple[dict[tuple[Any, ...], dict[str, Any]], int]:
+    """results.jsonl as records keyed by `line_key`, and the byte length of its complete
     lines: a last line cut short by a killed writer is left out (it will be written again).
-    A later line for the same item (a hand-edited file) wins."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+    A later line for the same item and sample (a hand-edited file) wins."""
+    records: dict[tuple[Any, ...], dict[str, Any]] = {}
+    sampled: bool | None = None
     complete = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -86,7 +99,19 @@ def read_results(path: Path) -> tuple[dict[tuple[str, Any], dict[str, Any]], int
                 raise L2SError(
                     f"{path}:{lineno}: id and tokens must be integers, correct a boolean"
                 ) from None
-            records[key] = row
+            sample = row.get("sample")
+            if sample is not None and (
+                isinstance(sample, bool) or not isinstance(sample, int) or sample < 0
+            ):
+                raise L2SError(f"{path}:{lineno}: sample must be an integer >= 0, got {sample!r}")
+            if sampled is None:
+                sampled = sample is not None
+            elif sampled != (sample is not None):
+                raise L2SError(
+                    f"{path}:{lineno}: lines with and without `sample` in one run (a sampled "
+                    "run numbers every response, a greedy run none)"
+                )
+            records[line_key(*key, sample)] = row
     return records, complete
 
 
@@ -113,9 +138,12 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise L2SError(f"{path}: not a run directory (expected a folder with results.jsonl)")
     if not results.is_file():
         raise L2SError(f"{results}: missing; is {path} a run directory written by l2smerge eval?")
-    records, _ = read_results(results)
-    if not records:
+    lines, _ = read_results(results)
+    if not lines:
         raise L2SError(f"{results}: no results; the run has not evaluated any item yet")
+    # items keyed as their lines are (a task's ids as text), whatever the file spelled
+    keyed = [{**row, "bench": key[0], "id": key[1]} for key, row in lines.items()]
+    records = {(r["bench"], r["id"]): r for r in item_records(keyed)}
     summary: dict[str, Any] = {}
     summary_path = path / SUMMARY
     if summary_path.is_file():

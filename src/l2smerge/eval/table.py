@@ -45,18 +45,24 @@ def print_protocol_warning(differences: list[str]) -> None:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    """A sampled run (n samples per item) shows avg@n as its accuracy, and pass@n."""
     table = Table()  # no title: rich would cut a long model name to the table's width
     table.add_column("bench", no_wrap=True)
-    for name in ("n", "acc%", "95% CI", "tokens", "median", "trunc%", "reflect%", "refl/resp"):
+    samples = summary["average"].get("samples")
+    accuracy = "acc%" if samples is None else f"avg@{samples}%"
+    names = ["n", accuracy, "95% CI"] + ([] if samples is None else [f"pass@{samples}%"])
+    for name in (*names, "tokens", "median", "trunc%", "reflect%", "refl/resp"):
         table.add_column(name, justify="right", no_wrap=True)
 
     def row(name: str, m: dict[str, Any], style: str | None = None) -> None:
         ci = m.get("accuracy_ci95")
+        passed = [] if samples is None else [_pct(m.get("pass_at_k", {}).get(str(samples)))]
         table.add_row(
             name,
             str(m["n"]),
             _pct(m["accuracy"]),
             f"{_pct(ci[0])}-{_pct(ci[1])}" if ci else "-",
+            *passed,
             _num(m["mean_tokens"]),
             _num(m["median_tokens"]),
             _pct(m["truncated_ratio"]),

@@ -18,6 +18,7 @@ QWEN_STOP_IDS = (151645, 151643)
 class Request:
     key: tuple[str, int]  # (bench, id): replay looks responses up by it
     prompt: Prompt
+    sample: int = 0  # which sample of the item (sampled runs; eval/sampling.py)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""transformers: batched greedy generation with left padding and the KV cache, on CPU or GPU.
+"""transformers: batched generation with left padding and the KV cache, on CPU or GPU.
 Prompts are sorted by length so a batch pads little; the longest go first so an
 out-of-memory error shows up at once, not hours in."""
 
@@ -16,6 +16,7 @@ from l2smerge.eval.backends.base import (
     load_tokenizer,
     stop_token_ids,
 )
+from l2smerge.eval.sampling import Sampling, seeded
 from l2smerge.util.errors import L2SError
 
 CPU_BATCH_SIZE = 8
@@ -31,12 +32,14 @@ class HFBackend:
         device: str | None = None,
         dtype: str | None = None,
         batch_size: int | None = None,
+        sampling: Sampling | None = None,
         **_ignored: Any,
     ):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.sampling = sampling or Sampling()
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or model)
         self.tokenizer = tokenizer
@@ -87,7 +90,7 @@ class HFBackend:
             limit = self._limit(max_tokens, len(encoded[batch[0]]), requests[batch[0]])
             config = GenerationConfig(
                 max_new_tokens=limit,
-                do_sample=False,
+                **self.sampling.hf_options(),
                 eos_token_id=list(self.stop_ids),
                 pad_token_id=self.pad_id,
                 stop_strings=stops or None,
@@ -95,8 +98,9 @@ class HFBackend:
             padded = self.tokenizer.pad(
                 {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
             ).to(self.device)
+            units = [(requests[i].key, requests[i].sample) for i in batch]
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), seeded(self.sampling, units, self.device):
                     out = self.model.generate(**padded, generation_config=config, **extra)
             except torch.OutOfMemoryError:
                 raise L2SError(

@@ -6,7 +6,8 @@ error, and a reply echoing the key, pass through util.redact).
 
 A raw prompt (`qwen25-math-cot`, `fewshot`, a file) goes to /v1/completions as its exact text
 (a chat endpoint would wrap it in the server's template); `chat` goes to /v1/chat/completions
-as messages, rendered by the server. Greedy (temperature 0) with the prompt's stop strings;
+as messages, rendered by the server. Greedy (temperature 0), or sampled (eval/sampling.py:
+temperature, top_p and a seed per sample, one request per sample), with the prompt's stop strings;
 the reply is cut at them here too, for servers that ignore `stop`. Tokens: the response
 counted with `--tokenizer` when given (what is left after the cut), else the server's
 `usage.completion_tokens`."""
@@ -28,6 +29,7 @@ from l2smerge.eval.backends.base import (
     cut_at_stop,
     load_tokenizer,
 )
+from l2smerge.eval.sampling import Sampling, sample_seed
 from l2smerge.util.errors import L2SError
 from l2smerge.util.redact import redact
 
@@ -71,6 +73,7 @@ class OpenAIBackend:
         retries: int = 5,
         backoff: float = 1.0,
         tokenizer: Any | None = None,
+        sampling: Sampling | None = None,
         **_ignored: Any,
     ):
         base_url = base_url or os.environ.get(BASE_URL_ENV)
@@ -85,6 +88,7 @@ class OpenAIBackend:
         if concurrency < 1 or retries < 0 or not 0 < timeout < float("inf"):
             raise L2SError("--concurrency and --timeout must be positive, --retries >= 0")
         self.model = model
+        self.sampling = sampling or Sampling()
         self.api = api
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
@@ -122,6 +126,10 @@ class OpenAIBackend:
     def _body(self, request: Request, max_tokens: int, api: str) -> dict[str, Any]:
         prompt = request.prompt
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0}
+        if not self.sampling.greedy:
+            body["temperature"] = self.sampling.temperature
+            body["top_p"] = self.sampling.top_p
+            body["seed"] = sample_seed(self.sampling.seed, request.key, request.sample)
         if prompt.stop:
             body["stop"] = list(prompt.stop)
         if api == "completions":

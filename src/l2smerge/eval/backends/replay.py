@@ -3,7 +3,11 @@
 `{"task": ..., "id": <its id>, "response": ...}` (docs/tasks.md). Optional per line:
 `"truncated": bool` or `"finish_reason": "length"`, and `"tokens": int` (used when no
 tokenizer is given: then every replayed line needs it, or none may have it, so that a mean
-length never covers a subset)."""
+length never covers a subset).
+
+Several sampled responses per item: every line carries `"sample": 0, 1, ...`, each item the
+same samples 0..n-1 (a file numbers all its lines or none); they become a sampled run
+(avg@n, pass@n: docs/eval.md)."""
 
 from __future__ import annotations
 
@@ -35,11 +39,14 @@ class ReplayBackend:
         self.tokenizer = tokenizer
         self.stop_ids: tuple[int, ...] = ()  # the responses are replayed as they are
         self.context_length: int | None = None
-        self.lines: dict[tuple[str, int], dict[str, Any]] = {}
-        self.line_numbers: dict[tuple[str, int], int] = {}
+        # per item (bench or task, id as given), its lines by sample (None: not sampled)
+        self.lines: dict[tuple[str, Any], dict[int | None, dict[str, Any]]] = {}
+        self.line_numbers: dict[tuple[tuple[str, Any], int | None], int] = {}
         self.text_keys: dict[tuple[str, str], tuple[str, Any]] = {}
+        self.sampled: bool | None = None
         for lineno, row in iter_jsonl(self.path):
             self._add(lineno, row)
+        self._check_samples()
 
     def _add(self, lineno: int, row: dict[str, Any]) -> None:
         where = f"{self.path}:{lineno}"
@@ -52,33 +59,77 @@ class ReplayBackend:
                 raise L2SError(f"{where}: field {name!r} must be a {kind.__name__}")
         if isinstance(item_id, bool) or not isinstance(item_id, (int, str)):
             raise L2SError(f"{where}: field 'id' must be a int (for a task: an int or a string)")
-        key = (row[field], item_id)
-        text_key = (key[0], str(item_id))
-        if text_key in self.text_keys:
-            first = self.line_numbers[self.text_keys[text_key]]
-            raise L2SError(f"{where}: duplicate response for {key[0]} id {key[1]} (line {first})")
-        self.lines[key] = row
-        self.line_numbers[key] = lineno
-        self.text_keys[text_key] = key
+        sample = row.get("sample")
+        if sample is not None and (not _is_count(sample)):
+            raise L2SError(f"{where}: field 'sample' must be an integer >= 0, got {sample!r}")
+        if self.sampled is None:
+            self.sampled = sample is not None
+        elif self.sampled != (sample is not None):
+            raise L2SError(
+                f"{where}: some lines of the file have a 'sample' and others not; number every "
+                "response of a sampled log (0, 1, ...), or none"
+            )
+        text_key = (row[field], str(item_id))
+        key = self.text_keys.setdefault(text_key, (row[field], item_id))
+        if sample in self.lines.get(key, {}):
+            first = self.line_numbers[(key, sample)]
+            which = "" if sample is None else f" sample {sample}"
+            raise L2SError(
+                f"{where}: duplicate response for {key[0]} id {key[1]}{which} (line {first})"
+            )
+        self.lines.setdefault(key, {})[sample] = row
+        self.line_numbers[(key, sample)] = lineno
+
+    def _check_samples(self) -> None:
+        """A sampled file has samples 0..n-1 of every item, the same n for all."""
+        if not self.sampled:
+            return
+        counts: dict[int, tuple[str, Any]] = {}
+        for key, rows in self.lines.items():
+            if sorted(rows) != list(range(len(rows))):
+                raise L2SError(
+                    f"{self.where(key)}: {key[0]} id {key[1]} has samples "
+                    f"{sorted(rows)}; number an item's responses 0, 1, ..., n-1"
+                )
+            counts.setdefault(len(rows), key)
+        if len(counts) > 1:
+            (n1, k1), (n2, k2) = sorted(counts.items())[:2]
+            raise L2SError(
+                f"{self.path}: {k1[0]} id {k1[1]} has {n1} samples, {k2[0]} id {k2[1]} has "
+                f"{n2}; every item needs the same number (avg@n and pass@n are over n each)"
+            )
 
     def keys(self) -> list[tuple[str, Any]]:
         return list(self.lines)
 
-    def where(self, key: tuple[str, Any]) -> str:
-        return f"{self.path}:{self.line_numbers[key]}"
+    def samples(self, key: tuple[str, Any]) -> list[int | None]:
+        """The samples the file has of an item: [None] when it is not sampled."""
+        return sorted(self.lines[self._key(key)], key=lambda s: -1 if s is None else s)
 
-    def _row(self, key: tuple[str, Any]) -> dict[str, Any]:
-        return self.lines.get(key) or self.lines[self.text_keys[(key[0], str(key[1]))]]
+    def where(self, key: tuple[str, Any]) -> str:
+        key = self._key(key)
+        return f"{self.path}:{min(self.line_numbers[(key, s)] for s in self.lines[key])}"
+
+    def _key(self, key: tuple[str, Any]) -> tuple[str, Any]:
+        return key if key in self.lines else self.text_keys[(key[0], str(key[1]))]
+
+    def _row(self, key: tuple[str, Any], sample: int) -> dict[str, Any]:
+        return self.lines[self._key(key)][sample if self.sampled else None]
 
     def check_token_counts(self, keys: Sequence[tuple[str, Any]]) -> None:
         """Without a tokenizer, the lines of `keys` must all carry `tokens`, or none."""
         if self.tokenizer is not None:
             return
-        missing = [k for k in keys if not _is_count(self._row(k).get("tokens"))]
-        if missing and len(missing) < len(keys):
+        numbered = [
+            (self.line_numbers[(self._key(k), sample)], row)
+            for k in keys
+            for sample, row in self.lines[self._key(k)].items()
+        ]
+        missing = sorted(line for line, row in numbered if not _is_count(row.get("tokens")))
+        if missing and len(missing) < len(numbered):
             raise L2SError(
-                f"{self.path}: {len(missing)} of the {len(keys)} responses replayed have no "
-                f'"tokens" (first: line {self.line_numbers[missing[0]]}); a mean length would '
+                f"{self.path}: {len(missing)} of the {len(numbered)} responses replayed have no "
+                f'"tokens" (first: line {missing[0]}); a mean length would '
                 "cover only the rest. Give --tokenizer to count every response, or tokens on "
                 "every line"
             )
@@ -88,7 +139,7 @@ class ReplayBackend:
     ) -> Iterator[tuple[int, Generation]]:
         self.check_token_counts([r.key for r in requests])
         for index, request in enumerate(requests):
-            row = self._row(request.key)
+            row = self._row(request.key, request.sample)
             response = row["response"]
             tokens = count_tokens(self.tokenizer, response)
             if tokens is None and _is_count(row.get("tokens")):

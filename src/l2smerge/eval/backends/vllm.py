@@ -1,4 +1,5 @@
-"""vLLM offline inference: greedy, `--max-tokens`, tensor parallelism. vLLM is imported only
+"""vLLM offline inference: greedy or sampled (eval/sampling.py: each sample of each item a
+request with its own seed), `--max-tokens`, tensor parallelism. vLLM is imported only
 here, when this backend is chosen (`pip install 'l2smerge[vllm]'`, needs a GPU).
 
 Generation stops as in the toolkit's vLLM call (`SamplingParams(stop=..., stop_token_ids=...)`);
@@ -19,6 +20,7 @@ from l2smerge.eval.backends.base import (
     finish,
     stop_token_ids,
 )
+from l2smerge.eval.sampling import Sampling, sample_seed
 from l2smerge.util.errors import L2SError
 
 # Prompts handed to vLLM at once: large enough for its continuous batching to stay busy,
@@ -35,7 +37,7 @@ class VLLMBackend:
         dtype: str | None = None,
         tensor_parallel_size: int = 1,
         batch_size: int | None = None,
-        seed: int = 0,
+        sampling: Sampling | None = None,
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         **_ignored: Any,
@@ -46,6 +48,7 @@ class VLLMBackend:
             from l2smerge.eval.backends import VLLM_HINT
 
             raise L2SError(f"--backend vllm needs vLLM ({exc}); {VLLM_HINT}") from None
+        self.sampling = sampling or Sampling()
         tokenizer_path = tokenizer if isinstance(tokenizer, str) else None
         if tokenizer is not None and tokenizer_path is None:
             tokenizer_path = getattr(tokenizer, "name_or_path", None)
@@ -54,7 +57,7 @@ class VLLMBackend:
             "tokenizer": tokenizer_path or model,
             "dtype": dtype or "auto",
             "tensor_parallel_size": tensor_parallel_size,
-            "seed": seed,
+            "seed": self.sampling.seed,
             "gpu_memory_utilization": gpu_memory_utilization,
         }
         if max_model_len:
@@ -85,13 +88,14 @@ class VLLMBackend:
             limits = {i: self._limit(max_tokens, len(encoded[i]), requests[i]) for i in indices}
             params = [
                 SamplingParams(
-                    temperature=0.0,
+                    temperature=self.sampling.temperature,
+                    top_p=self.sampling.top_p,
                     max_tokens=limits[i],
                     stop=list(requests[i].prompt.stop) or None,
                     stop_token_ids=list(self.stop_ids),
                     # stop strings are looked for in text with special tokens, as in `finish`
                     skip_special_tokens=False,
-                    seed=0,
+                    seed=sample_seed(self.sampling.seed, requests[i].key, requests[i].sample),
                 )
                 for i in indices
             ]
