@@ -258,8 +258,8 @@ def compare_runs(
     freeform = [p for pairs in bench_pairs.values() for p in pairs if is_freeform(p[0])]
     coverage = {}
     if freeform:  # free-form tasks: key-point coverage and the dropped points (docs/tasks.md)
-        judges = (run_a.summary.get("judge"), run_b.summary.get("judge"))
-        coverage["coverage"] = coverage_comparison(freeform, seed=seed, judges=judges)
+        judged = protocol_differences(run_a, run_b, fields=("judge",))
+        coverage["coverage"] = coverage_comparison(freeform, seed=seed, judge_differences=judged)
     return {
         "run_a": {"label": run_a.label, "path": str(run_a.path)},
         "run_b": {"label": run_b.label, "path": str(run_b.path)},

@@ -13,6 +13,7 @@ test on the per-item differences."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -142,11 +143,12 @@ def coverage_comparison(
     pairs: list[Pair],
     *,
     seed: int = 0,
-    judges: tuple[Any, Any] = (None, None),
+    judge_differences: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The coverage A/B on paired free-form records (A, B) of the same items. `judges`: each
-    run's judge (summary.json's "judge"); a difference is reported, since coverage from two
-    judges is not comparable."""
+    """The coverage A/B on paired free-form records (A, B) of the same items.
+    `judge_differences`: the runs' judge difference as eval.identity.protocol_differences
+    words it (fields=("judge",)); coverage from two judges is not comparable, so the
+    section points at it (compare.md's warning on top names it once)."""
     usable, skipped = _split(pairs)
     by_task: dict[str, list[Pair]] = {}
     by_group: dict[str, list[Pair]] = {}
@@ -177,11 +179,9 @@ def coverage_comparison(
         "items_with_drops": sum(t["items_with_drops"] for t in tasks.values()),
     }
     changes = [_item_change(a, b) for a, b in usable]
-    same_judge = _judge_identity(judges[0]) == _judge_identity(judges[1])
     return {
-        "judge_a": judges[0],
-        "judge_b": judges[1],
-        "same_judge": same_judge,
+        "same_judge": not judge_differences,
+        "judge_differences": list(judge_differences),
         "method": {
             "delta": "mean over items of coverage B minus coverage A (macro: mean over tasks)",
             "delta_ci95": "Tango's paired score interval on fractional counts per task; "
@@ -196,13 +196,6 @@ def coverage_comparison(
         "dropped_ranking": dropped_ranking(usable),
         "items": [c for c in changes if c["dropped"] or c["gained"]],
     }
-
-
-def _judge_identity(judge: Any) -> Any:
-    """What makes two judges' verdicts comparable (not their request counts)."""
-    if not isinstance(judge, dict):
-        return None
-    return {k: judge.get(k) for k in ("judge", "judge_model", "judge_prompt")}
 
 
 def _pct(x: float | None) -> str:
@@ -256,12 +249,12 @@ def render_coverage_markdown(result: dict[str, Any], label_a: str, label_b: str)
         "",
         _table(["task", "n", "cov A", "cov B", "Δ cov [95% CI]", "p", "dropped", "gained"], rows),
     ]
-    if not result.get("same_judge", True):
-        ja, jb = (_judge_identity(result[k]) for k in ("judge_a", "judge_b"))
+    if result.get("judge_differences"):
         parts += [
             "",
-            f"**Warning: the runs were judged differently** (A: {ja}, B: {jb}); a coverage "
-            "difference may be the judges'. Replay both runs' responses through one judge.",
+            "The runs were judged differently (the warning on top names the judges): a "
+            "coverage difference may be the judges'. Replay both runs' responses through one "
+            "judge.",
         ]
     if len(result["groups"]) > 1:
         group_rows = [

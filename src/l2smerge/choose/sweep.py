@@ -38,6 +38,7 @@ from l2smerge.choose.report import write_report
 from l2smerge.choose.ship import write_chosen
 from l2smerge.choose.sweep_choice import front_and_choice, selection_metric
 from l2smerge.choose.sweep_point import clear_failed_run, evaluate_into, merge_and_evaluate
+from l2smerge.choose.sweep_protocol import check_reference_protocol
 from l2smerge.choose.sweep_record import compare_to_reference, point_record, reference_figures
 from l2smerge.choose.sweep_runner import PointRunner, make_runner
 from l2smerge.choose.sweep_search import run_search
@@ -79,6 +80,7 @@ class Sweep:
         self.reference_run: Run | None = None
 
     def run(self) -> dict[str, Any]:
+        check_reference_protocol(self.spec)  # before anything is merged or evaluated
         self.out.mkdir(parents=True, exist_ok=True)
         self.store.check_same_setup(self.spec)
         self.store.save_setup(self.spec)

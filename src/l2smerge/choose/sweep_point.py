@@ -86,6 +86,7 @@ def evaluate_into(
         batch_size=e.batch_size,
         device=e.device,
         progress=progress,
+        sampling=e.sampling,
         **e.options,
     )
     if e.tasks:

@@ -58,6 +58,8 @@ class EvalSpec(_Strict):
     prompt: str = "auto"
     batch_size: int | None = Field(default=None, ge=1)
     device: str | None = None
+    # greedy (default) | r1 | {preset, temperature, top_p, seed, samples}: docs/eval.md
+    sampling: str | dict[str, Any] | None = None
     options: dict[str, Any] = {}  # extra backend options (e.g. tensor_parallel_size for vllm)
 
     @field_validator("device")
