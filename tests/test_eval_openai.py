@@ -216,6 +216,27 @@ def test_raw_prompt_goes_to_completions_greedy_with_the_stops(tmp_path, data_dir
     assert summary["prompt"] == "qwen25-math-cot"
 
 
+def test_sampled_requests_carry_temperature_top_p_and_a_seed_per_sample(tmp_path, lab_data):
+    from l2smerge.eval.sampling import sample_seed
+
+    server = RecordingServer("\\boxed{2}", usage=3)
+    try:
+        summary = evaluate("served", "lab", out_dir=tmp_path / "run", backend="openai",
+                           base_url=server.url, data_dir=lab_data, limit=2, progress=False,
+                           sampling={"preset": "r1", "samples": 3, "seed": 4})  # fmt: skip
+    finally:
+        server.close()
+    assert len(server.requests) == 6  # one request per sample
+    seeds = set()
+    for _, body in server.requests:
+        assert (body["temperature"], body["top_p"]) == (0.6, 0.95)
+        seeds.add(body["seed"])
+    assert seeds == {sample_seed(4, ("lab", i), s) for i in range(2) for s in range(3)}
+    lab = summary["benchmarks"]["lab"]
+    assert lab["samples"] == 3 and lab["accuracy"] == 0.5  # item 0 answers 2, item 1 does not
+    assert lab["pass_at_k"] == {"1": 0.5, "2": 0.5, "3": 0.5}
+
+
 def test_chat_prompt_goes_to_the_chat_endpoint_and_usage_counts(tmp_path, lab_data):
     server = RecordingServer("\\boxed{2}", usage=7)
     try:

@@ -497,7 +497,7 @@ def test_sweep_refuses_to_select_across_prompts(tmp_path):
     }
     with pytest.raises(L2SError, match=r"cannot select against the reference.*prompt: chat"):
         run_sweep(spec, tmp_path / "sweep", progress=False)
-    assert not (tmp_path / "sweep" / "selection.json").exists()
+    assert not (tmp_path / "sweep").exists()  # refused before any point was merged
 
 
 def test_auto_needs_one_prompt_for_the_run_but_a_replay_prompts_nothing(tmp_path, lab_data):

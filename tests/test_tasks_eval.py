@@ -103,6 +103,25 @@ def test_cli_eval_compare_names_every_dropped_point(tmp_path):
         assert f"- faq `{item_id}`: coverage 100.0 → 75.0; dropped: “{point}”" in markdown
 
 
+def test_a_judge_change_is_warned_about_once(tmp_path):
+    from l2smerge.choose.compare import write_compare
+
+    replay("v1", tmp_path / "v1")
+    replay("v2", tmp_path / "v2")
+    info_path = tmp_path / "v2" / "run.json"
+    info = json.loads(info_path.read_text())
+    info["identity"]["judge"] = {"judge": "llm", "judge_model": "m", "judge_prompt": "abc"}
+    info_path.write_text(json.dumps(info))
+    result = write_compare(tmp_path / "v1", tmp_path / "v2", tmp_path / "cmp")
+    [line] = result["protocol_differences"]
+    assert line.startswith("judge: ") and '"llm"' in line
+    assert result["coverage"]["judge_differences"] == [line]
+    assert result["coverage"]["same_judge"] is False
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    assert markdown.count("judge: ") == 1 and markdown.count("Warning") == 1
+    assert "The runs were judged differently (the warning on top names the judges)" in markdown
+
+
 def test_resume_and_errors(tmp_path):
     first = replay("v1", tmp_path / "run")
     again = replay("v1", tmp_path / "run")
