@@ -60,3 +60,26 @@ def test_vllm_matches_hf_backend(tmp_path, data_dir):
     )
     assert vl["benchmarks"]["gsm8k"]["n"] == 4
     assert vl["benchmarks"]["gsm8k"]["mean_tokens"] == hf["benchmarks"]["gsm8k"]["mean_tokens"]
+
+
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed")
+def test_vllm_samples_are_seeded_per_sample(tmp_path, data_dir):
+    """Each sample is its own request with its own seed: two runs draw the same responses,
+    whatever vLLM batches together."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+    from tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny", seed=3, hidden=256, context=4096)
+    sampling = {"temperature": 1.0, "samples": 4, "seed": 5}
+    common = dict(data_dir=data_dir, limit=3, max_tokens=8, progress=False, backend="vllm",
+                  dtype="float32", sampling=sampling)  # fmt: skip
+    runs = []
+    for name, batch_size in (("a", 512), ("b", 2)):
+        evaluate(model, "gsm8k", out_dir=tmp_path / name, batch_size=batch_size, **common)
+        lines = (tmp_path / name / "results.jsonl").read_text().splitlines()
+        runs.append({(r["id"], r["sample"]): r["response"] for r in map(json.loads, lines)})
+    assert len(runs[0]) == 12 and runs[0] == runs[1]
