@@ -26,7 +26,13 @@ from l2smerge.choose.compare import macro_mean_tokens, shared_items, tokens_rati
 from l2smerge.choose.coverage_report import coverage_table, run_coverage
 from l2smerge.choose.pareto import pareto_front
 from l2smerge.eval.identity import protocol_differences, protocol_warning
-from l2smerge.eval.metrics import figures_by_bench, level_key, macro_average, ordered_benches
+from l2smerge.eval.metrics import (
+    figures_by_bench,
+    level_key,
+    macro_average,
+    ordered_benches,
+    responses_of,
+)
 from l2smerge.eval.runs import Run, load_run
 from l2smerge.util.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from l2smerge.util.errors import L2SError
@@ -67,7 +73,9 @@ def summarise(run: Run) -> RunStats:
         run=run,
         benches=benches,
         average=macro_average(benches),
-        tokens=[r["tokens"] for r in run.records.values() if r.get("tokens") is not None],
+        tokens=[
+            r["tokens"] for r in responses_of(run.records.values()) if r.get("tokens") is not None
+        ],
         coverage=run_coverage(run.records.values()),
     )
 

@@ -43,10 +43,12 @@ def export_command(
     from l2smerge.lab.bench import export
 
     written = export(out, force=force)
-    console = Console()
+    console = Console(soft_wrap=True)  # a command to copy is never broken over two lines
     for what, path in written.items():
-        console.print(f"{what:12} {path}")
+        console.print(f"{what:12} {path}", markup=False, highlight=False)
     console.print(
         f"evaluate with: l2smerge eval {out}/system2 --bench lab "
-        f"--data-dir {out}/benchmarks -o RUN_DIR"
+        f"--data-dir {out}/benchmarks -o RUN_DIR",
+        markup=False,
+        highlight=False,
     )
