@@ -269,7 +269,7 @@ def test_greedy_lines_have_no_sample_and_more_samples_resume(tiny, tmp_path, lab
     assert sample_run(tiny, run, lab_data, samples=2, seed=1)["benchmarks"]["lab"]["samples"] == 2
     with pytest.raises(L2SError, match=r"another model or protocol \(seed: 1 \(there\); 2"):
         sample_run(tiny, run, lab_data, samples=2, seed=2)
-    with pytest.raises(L2SError, match=r"sampling: temperature 1.0, top-p 1.0 \(there\)"):
+    with pytest.raises(L2SError, match=r"sampling: temperature 1, top-p 1 \(there\)"):
         sample_run(tiny, run, lab_data, samples=2, seed=1, temperature=0.5)
 
 
@@ -279,7 +279,7 @@ def test_protocol_names_sampling_and_plans_it(tiny, tmp_path, lab_data):
     sample_run(tiny, tmp_path / "s", lab_data)
     greedy, sampled = load_run(tmp_path / "g"), load_run(tmp_path / "s")
     assert protocol_differences(greedy, sampled) == [
-        "sampling: greedy (g); temperature 1.0, top-p 1.0 (s)"
+        "sampling: greedy (g); temperature 1, top-p 1 (s)"
     ]
     plan = planned_protocol("lab", max_tokens=5, tokenizer=tiny,
                             sampling={"temperature": 1.0, "samples": 3, "seed": 7})  # fmt: skip

@@ -170,11 +170,16 @@ def _show(key: str, value: Any) -> str:
         return "unknown"
     if key == "prompt_sha256":
         return f"sha256 {value[:12]}"
-    if key == "sampling" and isinstance(value, dict):
-        return f"temperature {value.get('temperature')}, top-p {value.get('top_p')}"
+    if key == "sampling" and isinstance(value, dict):  # numbers as eval's header prints them
+        temperature, top_p = _number(value.get("temperature")), _number(value.get("top_p"))
+        return f"temperature {temperature}, top-p {top_p}"
     if key in ("stop", "judge"):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     return str(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def protocol_of(identity: dict[str, Any] | None) -> dict[str, Any] | None:
