@@ -231,6 +231,27 @@ def test_ungradable_item_is_recorded_in_results(data_dir, tmp_path):
     assert lines[0]["ungradable"] == "answer longer than 2000 characters"
     assert lines[1]["correct"] is True and "ungradable" not in lines[1]
     assert summary["benchmarks"]["gsm8k"]["accuracy"] == 0.5
+    assert summary["benchmarks"]["gsm8k"]["ungradable"] == 1
+    assert summary["average"]["ungradable"] == 1
+
+
+def test_eval_says_how_many_responses_were_ungradable(data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from l2smerge.cli import app
+
+    replay = tmp_path / "replay.jsonl"
+    rows = [{"bench": "gsm8k", "id": i, "response": "\\boxed{" + "(" * 40 + "}"} for i in (0, 1)]
+    rows.append({"bench": "gsm8k", "id": 2, "response": "\\boxed{3}"})
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", "hostile", "--backend", "replay", "--responses", str(replay)]
+    args += ["--bench", "gsm8k", "--limit", "3", "--data-dir", str(data_dir)]
+    args += ["-o", str(tmp_path / "run"), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 response(s) could not be graded" in " ".join(result.output.split())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["benchmarks"]["gsm8k"]["ungradable"] == 2
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,14 @@ def eval_command(
             from l2smerge.eval.freeform import coverage_table
 
             console.print(coverage_table(summary))
+    ungradable = summary.get("average", {}).get("ungradable") or 0
+    if ungradable:
+        console.print(
+            f"note: {ungradable} response(s) could not be graded (over the grader's time or "
+            "size limits) and count as wrong; results.jsonl says why under `ungradable`",
+            markup=False,
+            highlight=False,
+        )
     console.print(
         f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}",
         markup=False,

@@ -179,6 +179,8 @@ def group_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     Token statistics are over every response or nothing: when some records carry no token count
     (a replay file with `tokens` on only some lines), mean and median are None and
     `tokens_missing` says how many lack one, never an average over the rest.
+    `ungradable`: responses the grader could not judge (over its time or size limits; counted
+    wrong, as the Qwen2.5-Math toolkit counts its timeouts; results.jsonl says why).
     Reflection: `reflective_ratio` / `reflections_per_response` are ours (whole words, see
     eval/reflection.py); the `study_*` figures are the study's own (its code's keywords as
     substrings), computed from each response's text, None when records carry no response."""
@@ -200,6 +202,7 @@ def group_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_tokens": statistics.fmean(tokens) if complete else None,
         "median_tokens": statistics.median(tokens) if complete else None,
         "tokens_missing": len(responses) - len(tokens),
+        "ungradable": sum(bool(r.get("ungradable")) for r in responses),
         "truncated_ratio": _share(responses, "truncated"),
         "reflective_ratio": _share(responses, "reflective"),
         "reflections_per_response": _mean_of(responses, "reflections"),
@@ -256,6 +259,7 @@ def macro_average(per_bench: dict[str, dict[str, Any]]) -> dict[str, Any]:
     else:
         out["accuracy_ci95"] = None
     out["tokens_missing"] = sum(m["tokens_missing"] for m in per_bench.values())
+    out["ungradable"] = sum(m.get("ungradable", 0) for m in per_bench.values())
     if per_bench and all("pass_at_k" in m for m in per_bench.values()):
         out["samples"] = min(m["samples"] for m in per_bench.values())
         first = next(iter(per_bench.values()))["pass_at_k"]
