@@ -410,8 +410,9 @@ def test_sweep_on_local_ray_with_cpu_workers(pair, data_dir, tmp_path):
     errors = []
     for runner in (
         LocalRunner(merge_and_evaluate, data, tmp_path / "local", False),
-        RayRunner(merge_and_evaluate, data, tmp_path, address="local", log_to_driver=False,
-                  console=quiet),  # fmt: skip
+        RayRunner(
+            merge_and_evaluate, data, tmp_path, address="local", log_to_driver=False, console=quiet
+        ),  # fmt: skip
     ):
         with pytest.raises(L2SError, match=r"^sweep point task_arithmetic\(alpha=0.5\): ") as e:
             list(runner.run([point]))
