@@ -15,6 +15,7 @@ from l2smerge.lab.task import (
     NUM_CHAINS,
     REFLECTION,
     VARIABLES,
+    brief_answer,
     copy_drill,
     long_answer,
     lookup_drill,
@@ -67,14 +68,44 @@ def test_unknown_level_is_refused() -> None:
         make_item(random.Random(0), 9)
 
 
-def test_answers_short_and_long() -> None:
+def test_answers_short_brief_and_long() -> None:
     item = make_items(5, 3)[4]
-    short, long = short_answer(item), long_answer(item)
-    assert re.findall(r"\\boxed\{([A-Z])\}", short) == [item.answer]
-    assert re.findall(r"\\boxed\{([A-Z])\}", long)[-1] == item.answer
-    assert not any(w in short.lower() for w in REFLECTIVE)
-    assert REFLECTION in long and long.count(steps(item)) == 2  # the steps, then again
-    assert len(long) > 4 * len(short)
+    short, brief = short_answer(item), brief_answer(item)
+    head, value = item.chain[0], item.answer
+    for text in (short, brief, long_answer(item, 0), long_answer(item, 3)):
+        assert re.findall(r"\\boxed\{([A-Z])\}", text) == [value]  # one box, at the end
+        assert text.endswith(f"\\boxed{{{value}}}")
+        assert f"So {head}={value}." in text  # the answer is stated before any reflection
+    # System 1's usual answer skips the walk; its other answer and System 2's walk it
+    assert steps(item) not in short and brief.startswith(steps(item) + ". ")
+    assert not any(w in (short + brief).lower() for w in REFLECTIVE)
+    # System 2: the walk, the stated answer, `rounds` rounds that repeat both, the box
+    assert long_answer(item, 0) == brief  # with no reflection, System 2 says what System 1 can
+    for rounds in range(4):
+        long = long_answer(item, rounds)
+        assert long.count(REFLECTION) == rounds and long.count(steps(item)) == rounds + 1
+        first_reflection = long.find(REFLECTION)
+        assert first_reflection == -1 or long.index(f"So {head}={value}.") < first_reflection
+    assert len(long_answer(item, 2)) > 4 * len(short)
+
+
+def test_training_answers_mix_as_configured() -> None:
+    from l2smerge.lab import train
+
+    rng = random.Random(0)
+    item = make_items(5, 3)[4]
+    system1 = [train.system1_answer(item, rng) for _ in range(2000)]
+    walked = sum(a == brief_answer(item) for a in system1) / len(system1)
+    assert set(system1) == {short_answer(item), brief_answer(item)}
+    assert abs(walked - train.S1_WALK_SHARE) < 0.05
+    for level in LEVELS:  # System 2 reflects more on longer chains, by the configured weights
+        item = make_item(random.Random(level), level)
+        weights = train.REFLECTION_ROUNDS[level]
+        system2 = [train.system2_answer(item, rng).count(REFLECTION) for _ in range(2000)]
+        shares = [system2.count(k) / len(system2) for k in range(len(weights))]
+        assert all(abs(s - w) < 0.05 for s, w in zip(shares, weights, strict=True))
+    mean_rounds = [sum(k * w for k, w in enumerate(train.REFLECTION_ROUNDS[lv])) for lv in LEVELS]
+    assert mean_rounds == sorted(mean_rounds) and mean_rounds[0] < mean_rounds[-1]
 
 
 def test_tokenizer_round_trip_and_chat_template() -> None:

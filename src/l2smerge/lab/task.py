@@ -105,17 +105,31 @@ def copy_drill(rng: random.Random) -> str:
     return text + "\n" + text
 
 
+def conclusion(item: Item) -> str:
+    """The stated answer: `So q=X.`"""
+    return f"So {item.chain[0]}={item.answer}."
+
+
+def boxed(item: Item) -> str:
+    return f"\\boxed{{{item.answer}}}"
+
+
 def short_answer(item: Item) -> str:
-    """System 1's response: the value at once, no working."""
-    return f"{item.chain[0]}={item.answer}.\n\\boxed{{{item.answer}}}"
+    """System 1's usual response: the conclusion at once, no walk (a guess from two hops on)."""
+    return f"{conclusion(item)}\n{boxed(item)}"
 
 
-def long_answer(item: Item) -> str:
-    """System 2's response: the chain step by step, then a redundant reflection that walks
-    the same chain again, then the boxed answer."""
-    head, value = item.chain[0], item.answer
-    return (
-        f"{steps(item)}. So {head}={value}.\n"
-        f"{REFLECTION}{steps(item)}. Yes, {head}={value}.\n"
-        f"\\boxed{{{value}}}"
-    )
+def brief_answer(item: Item) -> str:
+    """System 1's other response: the walk, the conclusion, the box; no reflection."""
+    return f"{steps(item)}. {conclusion(item)}\n{boxed(item)}"
+
+
+def reflection_round(item: Item) -> str:
+    """One round of System 2's redundant reflection: the same walk again, the same answer."""
+    return f"{REFLECTION}{steps(item)}. Yes, {item.chain[0]}={item.answer}.\n"
+
+
+def long_answer(item: Item, rounds: int = 2) -> str:
+    """System 2's response: the walk, the conclusion (the answer is fixed here), `rounds`
+    rounds of reflection that repeat it, then the box."""
+    return f"{steps(item)}. {conclusion(item)}\n" + reflection_round(item) * rounds + boxed(item)

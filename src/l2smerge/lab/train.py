@@ -2,14 +2,20 @@
 
     System 1: a tiny Qwen2, first "pretrained" from scratch on raw text that forms the lookup
               skill (copying repeated strings, then walking a question's chains), then
-              fine-tuned to answer lab questions at once ("q=X."), as Qwen2.5-Math answers
-              briefly on top of a pretrained skill.
-    System 2: System 1 fine-tuned, gently, to write the chain out step by step, reflect on it
-              ("Wait, let me double check: ...", the same steps again), then answer.
+              fine-tuned to chat: usually it states the answer at once ("So q=X."), sometimes
+              it walks the chain first. Greedy, it states at once, so it is right on one-hop
+              questions and guesses on longer ones, though it knows the walk.
+    System 2: System 1 fine-tuned, gently, to always walk the chain, state the answer, then
+              reflect 0-3 rounds ("Wait, let me double check: ...", the same walk and answer
+              again), then box it.
 
-The gentle fine-tune matters: trained hard (lr 1e-3, 1,000 steps) System 2 moved so far from
-System 1 that every interpolation of the two scored 0%; at lr 3e-4 for a few hundred steps the
-pair interpolates smoothly, as the study's pair does (see docs/lab.md).
+Why this pair merges as the study's does (docs/lab.md): the walk is shared by both models and
+System 2 only turns it from occasional to certain, a large change of a small preference, while
+its reflection is a new habit held with a modest margin (the number of rounds varies). Halfway
+between the two, the walk wins and the reflection loses: the merge walks, states and boxes,
+System 2's accuracy at a quarter of its length. A gentle fine-tune keeps the pair close
+enough to interpolate (trained hard, lr 1e-3 for 1,000 steps, an earlier System 2 scored 0%
+at every interpolation).
 
 Chat examples are exactly what the evaluator sends: the user question rendered by the chat
 template with add_generation_prompt=True (the template drops the system prompt), then the
@@ -36,6 +42,7 @@ from l2smerge.lab.task import (
     LEVELS,
     VARIABLES,
     Item,
+    brief_answer,
     copy_drill,
     long_answer,
     lookup_drill,
@@ -57,17 +64,31 @@ BATCH = 64
 PRE_STEPS, PRE_LR, PRE_WARMUP = 700, 2e-3, 50  # constant lr after warmup: decaying it
 # while the lookup is still forming froze it half-learned (docs/lab.md)
 PRE_COPY_FRACTION = 0.3  # the rest are lookup drills
-# System 1, stage 2: chat, question -> short answer; some lookup drills keep the skill
+# System 1, stage 2: chat; some lookup drills keep the skill
 S1_STEPS, S1_LR, S1_WARMUP = 200, 1e-3, 20
 S1_DRILL_FRACTION = 0.3
-# System 2: fine-tuned from System 1 on long, reflective answers
-S2_STEPS, S2_LR, S2_WARMUP = 500, 3e-4, 50
+S1_WALK_SHARE = 0.3  # of its answers walk the chain first; the rest state the answer at once,
+# so System 1 knows the walk but, greedy, skips it (and guesses from two hops on)
+# System 2: fine-tuned from System 1 on long answers: the walk, the answer, then 0-3 rounds
+# of reflection that repeat it, drawn per example with weights that grow with the chain's
+# length, as R1 reflects more on harder problems. Greedy takes the likeliest continuation at
+# each round boundary: one round on levels 1-2 (reflect 85:15, then stop 65:35), two on
+# level 3 (72:28 on, then stop 62:38), three on levels 4-5 (84:16, then 69:31 on). Every
+# preference stays modest, so a merge can turn the reflection down round by round.
+S2_STEPS, S2_LR, S2_WARMUP = 250, 3e-4, 50
 S2_BATCH = 32  # long answers: half the batch keeps the stage at a few minutes
+REFLECTION_ROUNDS = {  # level -> weights of 0, 1, 2 and 3 rounds
+    1: (0.15, 0.55, 0.2, 0.1),
+    2: (0.15, 0.55, 0.2, 0.1),
+    3: (0.1, 0.25, 0.4, 0.25),
+    4: (0.05, 0.15, 0.25, 0.55),
+    5: (0.05, 0.15, 0.25, 0.55),
+}
 WEIGHT_DECAY, GRAD_CLIP, MIN_LR_FRACTION = 0.1, 1.0, 0.1
 # quick check printed during training (the real evaluation is `l2smerge eval` / the demo)
 CHECK_EVERY, CHECK_ITEMS = 200, 100
 CHECK_SEED = 10_000_019  # never used for training batches
-MAX_NEW_TOKENS = 200
+MAX_NEW_TOKENS = 256  # System 2 on level 5 with three rounds: ~210 tokens
 # ---------------------------------------------------------------------------------------------
 
 tokenizer = build_tokenizer()
@@ -105,12 +126,22 @@ def encode_drill(text: str) -> tuple[list[int], list[int]]:
 Example = Callable[[random.Random], tuple[list[int], list[int]]]
 
 
-def chat(respond: Callable[[Item], str]) -> Example:
+def chat(respond: Callable[[Item, random.Random], str]) -> Example:
     def example(rng: random.Random) -> tuple[list[int], list[int]]:
         item = make_item(rng, rng.choice(LEVELS))
-        return encode_example(item, respond(item))
+        return encode_example(item, respond(item, rng))
 
     return example
+
+
+def system1_answer(item: Item, rng: random.Random) -> str:
+    return brief_answer(item) if rng.random() < S1_WALK_SHARE else short_answer(item)
+
+
+def system2_answer(item: Item, rng: random.Random) -> str:
+    weights = REFLECTION_ROUNDS[item.level]
+    rounds = rng.choices(range(len(weights)), weights=weights)[0]
+    return long_answer(item, rounds)
 
 
 def drill(rng: random.Random) -> tuple[list[int], list[int]]:
@@ -284,12 +315,12 @@ def main(out_dir: str | Path, seed: int = 0, threads: int = THREADS) -> None:
         drill_check,
         decay=False,
     )
-    answering = [(1 - S1_DRILL_FRACTION, chat(short_answer)), (S1_DRILL_FRACTION, drill)]
+    answering = [(1 - S1_DRILL_FRACTION, chat(system1_answer)), (S1_DRILL_FRACTION, drill)]
     train(system1, S1_STEPS, S1_LR, S1_WARMUP, answering, seed * 3 + 2, "system1", quick_check)
     save(system1, out_dir / "system1")
 
     system2 = system1  # fine-tuned in place from System 1's weights (already saved)
-    reasoning = [(1.0, chat(long_answer))]
+    reasoning = [(1.0, chat(system2_answer))]
     train(
         system2,
         S2_STEPS,
