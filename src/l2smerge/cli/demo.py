@@ -19,10 +19,18 @@ def demo_command(
         "--methods",
         help="Comma-separated subset of methods (e.g. ties,task_arithmetic); default: all.",
     ),
-    limit: int = typer.Option(
-        100, "--limit", min=1, help="Evaluate the first N lab items (every level); 250 = all."
+    limit: int | None = typer.Option(
+        None,
+        "--limit",
+        min=1,
+        help="Evaluate only the first N lab items (every level; default: all 250).",
     ),
-    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch."),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (the lab models are tiny: a second thread mostly waits).",
+    ),
 ) -> None:
     """The study's experiment on the bundled System 1 / System 2 lab pair: merge with every
     method (study settings, plus a task-arithmetic alpha grid), evaluate System 1, System 2 and
