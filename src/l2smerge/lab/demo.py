@@ -152,6 +152,7 @@ def run_demo(
             f"{', '.join(f'{a:g}' for a in TA_ALPHAS)}.\n\nSweep selection (`{out}/sweep`):"
             "\n\n```\n" + "\n".join(sweep["selection"].get("lines", [])) + "\n```"
         ),
+        chosen=chosen_label,
     )
     print_table(report, console)
     console.print(chosen_line(report, chosen_label, sweep["selection"], out / "sweep"))
