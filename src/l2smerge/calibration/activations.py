@@ -15,14 +15,7 @@ from l2smerge.calibration.data import (
     read_calibration,
     tokenize,
 )
-from l2smerge.calibration.models import (
-    causal_mask,
-    decoder_parts,
-    load_config,
-    load_full_model,
-    materialise,
-    progress_bar,
-)
+from l2smerge.calibration.models import load_full_model, open_layer_stream, progress_bar
 from l2smerge.util.cache import (
     cache_key,
     file_sha256,
@@ -97,26 +90,21 @@ def activation_importance(
     all calibration tokens, divided by its max. (Whether the head and the norms are relaxed
     is the merge's choice: methods/aim.py.)
 
-    stream=True (and a standard decoder-only layout): the model is built on the meta device
-    and one part at a time gets real float32 weights — the embeddings, then each decoder
-    layer in turn — while every sample's hidden states are carried from part to part.
+    stream=True (and an architecture that streams exactly: calibration.models.LayerStream):
+    the model is built on the meta device and one part at a time gets real float32 weights —
+    the embedding rows the texts use, then each decoder layer in turn — while every sample's
+    hidden states are carried from part to part.
     Peak memory: one layer's weights plus the hidden states of all samples (for 7B, 100
     samples of 1,024 tokens: 1.5 GB); the final norm and head are never loaded. Otherwise the
     whole model is loaded with hooks.
     Samples run one at a time without padding, so no attention mask is needed beyond causal.
     """
-    from transformers import AutoModelForCausalLM
-
-    from l2smerge.merge.checkpoint import Checkpoint
-
     model_path = Path(model_path)
     ids = tokenize(model_path, samples, max_tokens)
     stats = _ChannelMeans()
-    config = load_config(model_path)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    parts = decoder_parts(skeleton) if stream else None
-    if parts is None:
+    longest = max(sample.numel() for sample in ids)
+    streamed = open_layer_stream(model_path, device, longest) if stream else None
+    if streamed is None:
         model = load_full_model(model_path, device, torch.float32)
         for name, module in _weighted_modules(model):
             module.register_forward_hook(stats.hook(name))
@@ -126,44 +114,32 @@ def activation_importance(
                 step()
         return stats.importance()
 
-    prefix, decoder = parts
-    checkpoint = Checkpoint(model_path)
-    rotary = type(decoder.rotary_emb)(config=config).to(device)
-    layers = list(decoder.layers)
+    layers = streamed.layers
     with torch.no_grad(), progress_bar(len(layers) + 1, "activations", progress) as step:
-        materialise(decoder.embed_tokens, f"{prefix}.embed_tokens", checkpoint, device)
-        hidden = [decoder.embed_tokens(sample[None].to(device)) for sample in ids]
-        decoder.embed_tokens.to("meta")
+        hidden = [streamed.embed(sample) for sample in ids]
         step()
         for index, layer in enumerate(layers):
-            layer_prefix = f"{prefix}.layers.{index}"
-            materialise(layer, layer_prefix, checkpoint, device)
+            layer_prefix = streamed.layer_prefix(index)
+            streamed.load(layer, layer_prefix)
             handles = [
                 module.register_forward_hook(stats.hook(name))
                 for name, module in _weighted_modules(layer, layer_prefix)
             ]
             for i, h in enumerate(hidden):
-                positions = torch.arange(h.shape[1], device=device)[None]
-                out = layer(
-                    h,
-                    attention_mask=causal_mask(h.shape[1], device),
-                    position_ids=positions,
-                    position_embeddings=rotary(h, positions),
-                )
-                hidden[i] = out[0] if isinstance(out, tuple) else out
+                hidden[i] = streamed.run_layer(layer, h)
             for handle in handles:
                 handle.remove()
-            layer.to("meta")
+            streamed.drop(layer)
             step()
-        norm = getattr(decoder, "norm", None)
-        head = skeleton.get_output_embeddings()
-        head_name = next((n for n, m in skeleton.named_modules() if m is head), None)
-        if norm is not None and getattr(norm, "weight", None) is not None:
-            materialise(norm, f"{prefix}.norm", checkpoint, device)
+        norm_name = f"{streamed.prefix}.norm"
+        head = streamed.skeleton.get_output_embeddings()
+        head_name = next((n for n, m in streamed.skeleton.named_modules() if m is head), None)
+        if getattr(streamed.norm, "weight", None) is not None:
+            streamed.load(streamed.norm, norm_name)
             for h in hidden:
-                stats.add(f"{prefix}.norm", h)
+                stats.add(norm_name, h)
                 if head_name is not None:
-                    stats.add(head_name, norm(h))
+                    stats.add(head_name, streamed.norm(h))
     return stats.importance()
 
 

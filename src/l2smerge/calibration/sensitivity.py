@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from l2smerge.calibration.data import (
     read_calibration,
     tokenize,
 )
-from l2smerge.calibration.models import load_full_model, progress_bar
+from l2smerge.calibration.models import load_full_model, open_layer_stream, progress_bar
 from l2smerge.merge.layers import layer_of
 from l2smerge.util.cache import (
     cache_key,
@@ -37,6 +38,17 @@ def layer_group(tensor_name: str) -> str:
     return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name
 
 
+def task_delta(weight: torch.Tensor, stored_base: torch.Tensor) -> torch.Tensor:
+    """δ as the sensitivities weigh it: the model's float32 weight minus the base's, kept in
+    the base checkpoint's dtype (a bfloat16 base gives a bfloat16 δ)."""
+    return (weight - stored_base.to(weight.device, torch.float32)).to(stored_base.dtype)
+
+
+def abs_product_sum(delta: torch.Tensor, grad: torch.Tensor) -> float:
+    """Σ |δ ⊙ ∇L| over one tensor (or one block of its rows)."""
+    return float((delta.float() * grad).abs().sum())
+
+
 def task_sensitivity(
     model_path: str | Path,
     base_path: str | Path,
@@ -44,18 +56,33 @@ def task_sensitivity(
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    stream: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
     """S^l = mean over calibration texts of Σ_{params in layer l} |δ ⊙ ∇L| for one model:
-    δ = θ_model − θ_base, ∇L the float32 gradient of the model's own next-token loss on the
-    text (every token predicted). Needs the whole model in float32 with its gradients, plus
-    δ in the base checkpoint's dtype."""
+    δ = θ_model − θ_base (`task_delta`), ∇L the float32 gradient of the model's own
+    next-token loss on the text (every token predicted), one text at a time.
+
+    stream=True and an architecture that streams exactly (calibration.models.LayerStream):
+    one part of the model at a time (calibration.sens_streamed); otherwise the whole model
+    in float32 with its gradients, plus δ. Both give the same numbers to float32 round-off."""
     from l2smerge.merge.checkpoint import Checkpoint
 
     model_path = Path(model_path)
     ids = tokenize(model_path, samples, max_tokens)
+    longest = max(sample.numel() for sample in ids)
+    streamed = open_layer_stream(model_path, device, longest) if stream else None
+    if streamed is not None:
+        from l2smerge.calibration.sens_streamed import streamed_task_sensitivity
+
+        return streamed_task_sensitivity(streamed, Checkpoint(base_path), ids, progress=progress)
+    return _whole_model_sensitivity(model_path, Checkpoint(base_path), ids, device, progress)
+
+
+def _whole_model_sensitivity(
+    model_path: Path, base: Any, ids: Sequence[torch.Tensor], device: str, progress: bool
+) -> dict[str, float]:
     model = load_full_model(model_path, device, torch.float32)
-    base = Checkpoint(base_path)
     deltas: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
     for name, param in model.named_parameters():
         if name not in base:
@@ -66,8 +93,7 @@ def task_sensitivity(
                 f"{base.path}: tensor {name!r} has shape {tuple(stored.shape)}, "
                 f"{model_path} has {tuple(param.shape)}"
             )
-        delta = (param.detach() - stored.to(device, torch.float32)).to(stored.dtype)
-        deltas[name] = (layer_group(name), param, delta)
+        deltas[name] = (layer_group(name), param, task_delta(param.detach(), stored))
     totals: dict[str, float] = dict.fromkeys((g for g, _, _ in deltas.values()), 0.0)
     if not any(bool(delta.any()) for _, _, delta in deltas.values()):
         return totals  # a zero task vector: every sensitivity is 0, no gradient pass needed
@@ -81,7 +107,7 @@ def task_sensitivity(
             model(input_ids=inputs, labels=inputs).loss.backward()
             for group, param, delta in deltas.values():
                 if param.grad is not None:
-                    totals[group] += float((delta.float() * param.grad).abs().sum())
+                    totals[group] += abs_product_sum(delta, param.grad)
             step()
     del model
     return {group: total / len(ids) for group, total in totals.items()}
@@ -92,35 +118,49 @@ def _log_probs(model: torch.nn.Module, sample: torch.Tensor, device: str) -> tor
     return torch.log_softmax(logits, dim=-1)
 
 
+def summed_kl(expert: torch.Tensor, other: torch.Tensor) -> float:
+    """Σ over tokens of KL(p_expert ‖ p_other) from log-probabilities [T, vocab] (over the
+    vocabulary the two share)."""
+    vocab = min(expert.shape[-1], other.shape[-1])
+    p = expert[:, :vocab]
+    return float((p.exp() * (p - other[:, :vocab])).sum(dim=-1).sum())
+
+
 def cross_task_alignment(
     model_paths: Sequence[str | Path],
     samples: Sequence[Sequence[Sample]],
     *,
     device: str = "cpu",
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    stream: bool = True,
     progress: bool = True,
 ) -> list[list[float]]:
     """g[k][j] = exp(−mean over task-j tokens of KL(p_j ‖ p_k)): how closely model k
     reproduces expert j's next-token distributions on expert j's calibration texts (1 on the
-    diagonal). All models are loaded together (inference only)."""
+    diagonal). Streamed like `task_sensitivity` (forward only) when every model streams;
+    otherwise all models are loaded together (inference only)."""
+    task_ids = [
+        tokenize(Path(path), task, max_tokens)
+        for path, task in zip(model_paths, samples, strict=True)
+    ]
+    longest = max(sample.numel() for ids in task_ids for sample in ids)
+    streams = [open_layer_stream(p, device, longest) for p in model_paths] if stream else [None]
+    if all(s is not None for s in streams):
+        from l2smerge.calibration.sens_streamed import streamed_alignment
+
+        return streamed_alignment(streams, task_ids, progress=progress)
     models = [load_full_model(Path(p), device, torch.float32) for p in model_paths]
     k_models = len(models)
     g = [[1.0] * k_models for _ in range(k_models)]
     with torch.no_grad(), progress_bar(k_models, "cross-task alignment", progress) as step:
         for j in range(k_models):
-            ids = tokenize(Path(model_paths[j]), samples[j], max_tokens)
             kl_sums = [0.0] * k_models
             tokens = 0
-            for sample in ids:
+            for sample in task_ids[j]:
                 expert = _log_probs(models[j], sample, device)
                 for k in range(k_models):
-                    if k == j:
-                        continue
-                    other = _log_probs(models[k], sample, device)
-                    vocab = min(expert.shape[-1], other.shape[-1])
-                    p = expert[:, :vocab]
-                    kl = (p.exp() * (p - other[:, :vocab])).sum(dim=-1)
-                    kl_sums[k] += float(kl.sum())
+                    if k != j:
+                        kl_sums[k] += summed_kl(expert, _log_probs(models[k], sample, device))
                 tokens += sample.numel()
             for k in range(k_models):
                 if k != j:

@@ -81,6 +81,7 @@ def prepare_sens(config: Any, params: Any, *, progress: bool = True) -> PerTenso
     "sens", prepare=prepare_sens, default_dtype="float32", ranges={"temperature": POSITIVE},
     # α and T are turned into per-layer, per-model coefficients by prepare_sens
     whole_model=("alpha", "temperature", "calibration_fields"), per_model=("calibration_fields",),
+    elementwise=True, linear=True,
     papers=(Paper("Liu et al. 2025, Sens-Merging", "https://arxiv.org/abs/2502.12420"),),
 )  # fmt: skip
 def sens(
