@@ -141,8 +141,17 @@ def run_child(mode: str, paths: dict, data: Path, out: Path, cache: Path) -> dic
     env = dict(os.environ, L2SMERGE_CACHE_DIR=str(cache))
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-c", CHILD, mode, str(paths["base"]), str(paths["model1"]),
-           str(paths["model2"]), str(data), str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        mode,
+        str(paths["base"]),
+        str(paths["model1"]),
+        str(paths["model2"]),
+        str(data),
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
@@ -181,10 +190,16 @@ def main() -> None:
 
     trio_dir = args.workdir / "trio"
     subprocess.run(
-        [sys.executable, str(HERE.parent / "merge_speed.py"), "--build-trio", str(trio_dir),
-         "--layers", str(args.layers)],
+        [
+            sys.executable,
+            str(HERE.parent / "merge_speed.py"),
+            "--build-trio",
+            str(trio_dir),
+            "--layers",
+            str(args.layers),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     paths = {n: trio_dir / n for n in ("base", "model1", "model2")}
     add_tokenizer(paths, args.tokenizer)
     modes = ["imports", "sens-stream", "sens-whole"]
@@ -235,37 +250,52 @@ def main() -> None:
     print(f"imports only (floor): peak RSS {floor:.0f} MB")
     for mode in modes[1:]:
         r = best(mode)
-        print(f"{mode:>12}: peak RSS {r['peak_mb']:6.0f} MB ({r['peak_mb'] - floor:+6.0f} MB over "
-              f"the floor)   time {r['seconds']:7.1f} s")  # fmt: skip
+        print(
+            f"{mode:>12}: peak RSS {r['peak_mb']:6.0f} MB ({r['peak_mb'] - floor:+6.0f} MB over "
+            f"the floor)   time {r['seconds']:7.1f} s"
+        )
     print(f"sensitivities: max relative difference stream vs whole {worst:.1e}")
     print(f"peak RSS stream / whole: {stream['peak_mb'] / whole['peak_mb']:.3f}  (target <= 0.25)")
     print(f"time stream / whole:     {stream['seconds'] / whole['seconds']:.3f}  (target <= 1.3)")
     if "merge" in results:
-        print(f"merge --method sens peak RSS: {best('merge')['peak_mb'] / 1000:.2f} GB "
-              "(target <= 1.5 GB)")  # fmt: skip
+        print(
+            f"merge --method sens peak RSS: {best('merge')['peak_mb'] / 1000:.2f} GB "
+            "(target <= 1.5 GB)"
+        )
     if args.models == 2:
         a, b = results["align-stream"][0]["stats"], results["align-whole"][0]["stats"]
         diff = max(abs(a[i][j] - b[i][j]) for i in range(2) for j in range(2))
         s_run, w_run = best("align-stream"), best("align-whole")
-        print(f"alignment: max |difference| stream vs whole {diff:.1e}; peak RSS "
-              f"{s_run['peak_mb']:.0f} vs {w_run['peak_mb']:.0f} MB, "
-              f"time {s_run['seconds']:.1f} vs {w_run['seconds']:.1f} s")  # fmt: skip
+        print(
+            f"alignment: max |difference| stream vs whole {diff:.1e}; peak RSS "
+            f"{s_run['peak_mb']:.0f} vs {w_run['peak_mb']:.0f} MB, "
+            f"time {s_run['seconds']:.1f} vs {w_run['seconds']:.1f} s"
+        )
 
     tokens = max(ids_tokens) if ids_tokens else 256
     here = projected_peak({**shapes, "untied": False}, tokens, args.samples)
-    print(f"\nprojection check on this pair ({tokens} tokens): device part "
-          f"{here['device'] / 1e6:.0f} MB + staging {here['staging'] / 1e6:.0f} MB, measured "
-          f"{stream['peak_mb'] - floor:.0f} MB over the floor")  # fmt: skip
-    print("projected peak of the streamed sensitivities (100 texts of 1,024 tokens, float32, "
-          "bf16 checkpoints):")  # fmt: skip
-    print(f"  {'model':5s} {'layer part':>10s} {'head part':>10s} {'boundaries':>10s} "
-          f"{'GPU (cuda)':>10s} {'CPU RAM':>8s} {'whole model':>11s}")  # fmt: skip
+    print(
+        f"\nprojection check on this pair ({tokens} tokens): streamed {here['device'] / 1e6:.0f}"
+        f" MB + staging {here['staging'] / 1e6:.0f} MB (measured "
+        f"{stream['peak_mb'] - floor:.0f} MB over the floor), whole model "
+        f"{here['whole_model'] / 1e6:.0f} MB (measured {whole['peak_mb'] - floor:.0f})"
+    )
+    print(
+        "projected peak of the streamed sensitivities (100 texts of 1,024 tokens, float32, "
+        "bf16 checkpoints):"
+    )
+    print(
+        f"  {'model':5s} {'layer part':>10s} {'head part':>10s} {'boundaries':>10s} "
+        f"{'GPU (cuda)':>10s} {'CPU RAM':>8s} {'whole model':>11s}"
+    )
     for label, s in PROJECTED.items():
         p = projected_peak(s, 1024, 100)
         cpu = p["staging"] + 4 * GB  # + the process (CUDA libraries, torch, transformers)
-        print(f"  {label:5s} {p['layer_stage'] / GB:9.1f}G {p['head_stage'] / GB:9.1f}G "
-              f"{p['boundaries'] / GB:9.1f}G {p['device'] / GB:9.1f}G {cpu / GB:7.1f}G "
-              f"{p['whole_model'] / GB:10.0f}G")  # fmt: skip
+        print(
+            f"  {label:5s} {p['layer_stage'] / GB:9.1f}G {p['head_stage'] / GB:9.1f}G "
+            f"{p['boundaries'] / GB:9.1f}G {p['device'] / GB:9.1f}G {cpu / GB:7.1f}G "
+            f"{p['whole_model'] / GB:10.0f}G"
+        )
     p32 = projected_peak(PROJECTED["32B"], 1024, 100)
     fits = p32["device"] < 24 * GB and p32["staging"] + 4 * GB < 64 * GB
     print(f"32B fits a 24 GB GPU with <= 64 GB of CPU RAM: {'yes' if fits else 'NO'}")

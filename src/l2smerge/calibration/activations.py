@@ -15,7 +15,12 @@ from l2smerge.calibration.data import (
     read_calibration,
     tokenize,
 )
-from l2smerge.calibration.models import load_full_model, open_layer_stream, progress_bar
+from l2smerge.calibration.models import (
+    freed_memory_returned,
+    load_full_model,
+    open_layer_stream,
+    progress_bar,
+)
 from l2smerge.util.cache import (
     cache_key,
     file_sha256,
@@ -115,7 +120,8 @@ def activation_importance(
         return stats.importance()
 
     layers = streamed.layers
-    with torch.no_grad(), progress_bar(len(layers) + 1, "activations", progress) as step:
+    progress_ = progress_bar(len(layers) + 1, "activations", progress)
+    with torch.no_grad(), freed_memory_returned(), progress_ as step:
         hidden = [streamed.embed(sample) for sample in ids]
         step()
         for index, layer in enumerate(layers):

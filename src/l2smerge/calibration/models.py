@@ -62,6 +62,31 @@ def load_config(model_path: Path) -> Any:
         raise L2SError(f"{model_path}: cannot read its config ({exc})") from None
 
 
+@contextmanager
+def freed_memory_returned() -> Iterator[None]:
+    """While streaming, give every allocation of 1 MB or more its own mapping (glibc's
+    M_MMAP_THRESHOLD), so memory freed after a part goes back to the system. By default such
+    tensors come from the heap, where the long-lived hidden states kept between parts pin the
+    freed layers' memory: measured on a 6-layer Qwen2.5-0.5B-shaped model, resident memory
+    grew by ~60 MB per layer of the backward sweep instead of shrinking. On exit the
+    threshold is 32 MB, glibc's own ceiling (and what the merge executor sets next).
+    No-op off glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        set_threshold = libc.mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    set_threshold(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    try:
+        yield
+    finally:
+        set_threshold(-3, 32 << 20)
+        libc.malloc_trim(0)
+
+
 def load_full_model(model_path: Path, device: str, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

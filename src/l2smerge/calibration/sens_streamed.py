@@ -31,7 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from l2smerge.calibration.models import LayerStream, progress_bar, read_row_set, row_blocks
+from l2smerge.calibration.models import (
+    LayerStream,
+    freed_memory_returned,
+    progress_bar,
+    read_row_set,
+    row_blocks,
+)
 from l2smerge.calibration.sensitivity import abs_product_sum, layer_group, task_delta
 from l2smerge.merge.checkpoint import Checkpoint
 from l2smerge.util.errors import L2SError
@@ -300,7 +306,8 @@ def streamed_task_sensitivity(
     per_token = 4 * hidden * (len(stream.layers) + 2)
     chunks = sample_chunks(ids, per_token, min_tokens=2)
     steps = len(chunks) * (2 * len(stream.layers) + 3)
-    with progress_bar(steps, f"sensitivity {stream.path.name}", progress) as step:
+    progress_ = progress_bar(steps, f"sensitivity {stream.path.name}", progress)
+    with freed_memory_returned(), progress_ as step:
         for chunk in chunks:
             texts = [ids[i] for i in chunk]
             boundaries = sweep.forward(texts, step)
@@ -342,7 +349,8 @@ def streamed_alignment(
     k_models = len(streams)
     g = [[1.0] * k_models for _ in range(k_models)]
     per_token = 4 * k_models * max(s.config.hidden_size for s in streams)
-    with torch.no_grad(), progress_bar(k_models, "cross-task alignment", progress) as step:
+    progress_ = progress_bar(k_models, "cross-task alignment", progress)
+    with torch.no_grad(), freed_memory_returned(), progress_ as step:
         for j in range(k_models):
             ids = task_ids[j]
             kl_sums = [0.0] * k_models
