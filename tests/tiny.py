@@ -103,3 +103,46 @@ def make_tiny_model(
     if tokenizer:
         byte_tokenizer().save_pretrained(path)
     return path
+
+
+def make_planned_length_model(
+    path: str | Path, plan: dict[str, int], *, hidden: int = 256, layers: int = 4, seed: int = 0
+) -> Path:
+    """A Qwen2-shaped model (byte tokenizer) whose greedy response to a prompt ending in one of
+    `plan`'s characters is exactly that many tokens, then `<|im_end|>`. Attention and MLP
+    outputs are zero, so the residual stream is the last token's embedding and the output
+    head maps it to its successor along one chain of tokens that ends in eos; each planned
+    character enters the chain as many tokens before its end as it plans. The layers still
+    run at full cost: a stand-in for a model whose responses differ in length."""
+    path = Path(path)
+    tokenizer = byte_tokenizer()
+    starts = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(c))[0]: n for c, n in plan.items()}
+    # chain tokens: letters, digits and lone non-ASCII bytes (no stop string can form)
+    pool = [
+        i
+        for i in range(256)
+        if i not in starts
+        and (tokenizer.decode([i]).isalnum() or tokenizer.decode([i]) == "\ufffd")
+    ]
+    length = max(plan.values())
+    if length > len(pool):
+        raise ValueError(f"at most {len(pool)} tokens per response, planned {length}")
+    chain = pool[:length] + [258]  # <|im_end|>
+    successor = {a: b for a, b in zip(chain[:-1], chain[1:], strict=True)}
+    successor.update({s: chain[length - n] for s, n in starts.items()})
+    torch.manual_seed(seed)
+    config = tiny_config("qwen2", hidden=hidden, layers=layers, context=4096)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        unit = embed / embed.norm(dim=1, keepdim=True)
+        head = torch.zeros_like(model.lm_head.weight)
+        for token, following in successor.items():
+            head[following] += unit[token]
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -179,6 +179,7 @@ def evaluate(
                 items=len(todo) + len(task_todo),
                 stop_token_ids=list(engine.stop_ids),
                 context_length=engine.context_length,
+                batching=getattr(engine, "batching", None),  # hf: "refill" or "static"
                 bos_token=_bos_token(loaded_tokenizer) if builder.name != "chat" else None,
                 sampling=sampling.record() if generated else None,
             )

@@ -1,6 +1,10 @@
 """transformers: batched generation with left padding and the KV cache, on CPU or GPU.
 Prompts are sorted by length so a batch pads little; the longest go first so an
-out-of-memory error shows up at once, not hours in."""
+out-of-memory error shows up at once, not hours in. Greedy runs, where the model's cache
+allows it, let a finished response leave the batch at once and a waiting prompt take its
+row (hf_refill.py, `batching = "refill"`); elsewhere (sampled runs: their seeds are drawn per
+static batch) static batches run `model.generate` until their longest response ends
+(`batching = "static"`). run.json records which."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from l2smerge.eval.backends.base import (
     load_tokenizer,
     stop_token_ids,
 )
+from l2smerge.eval.backends.hf_refill import Job, ends_at, generate_refilled, supports_refill
 from l2smerge.eval.sampling import Sampling, seeded
 from l2smerge.util.errors import L2SError
 
@@ -74,6 +79,8 @@ class HFBackend:
         self.context_length: int | None = getattr(
             self.model.config, "max_position_embeddings", None
         )
+        refill = self.sampling.greedy and supports_refill(self.model)
+        self.batching = "refill" if refill else "static"
 
     def generate(
         self, requests: Sequence[Request], max_tokens: int
@@ -83,6 +90,9 @@ class HFBackend:
 
         encoded = [encode_prompt(self.tokenizer, r.prompt) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+        if self.batching == "refill":
+            yield from self._generate_refilled(requests, encoded, order, max_tokens)
+            return
         stops = sorted({s for r in requests for s in r.prompt.stop})
         extra = {"tokenizer": self.tokenizer} if stops else {}
         for start in range(0, len(order), self.batch_size):
@@ -103,15 +113,43 @@ class HFBackend:
                 with torch.inference_mode(), seeded(self.sampling, units, self.device):
                     out = self.model.generate(**padded, generation_config=config, **extra)
             except torch.OutOfMemoryError:
-                raise L2SError(
-                    f"out of memory generating a batch of {len(batch)} prompts of up to "
-                    f"{len(encoded[batch[0]])} tokens with --max-tokens {max_tokens}; lower "
-                    "--batch-size and rerun (results so far are kept)"
-                ) from None
+                raise _out_of_memory(len(batch), len(encoded[batch[0]]), max_tokens) from None
             new_tokens = out[:, padded["input_ids"].shape[1] :].tolist()
             for i, ids in zip(batch, new_tokens, strict=True):
                 stop = requests[i].prompt.stop
                 yield i, finish(self.tokenizer, ids, stop_ids=self.stop_ids, stop=stop, limit=limit)
+
+    def _generate_refilled(
+        self,
+        requests: Sequence[Request],
+        encoded: list[list[int]],
+        order: list[int],
+        max_tokens: int,
+    ) -> Iterator[tuple[int, Generation]]:
+        import torch
+
+        jobs = [
+            Job(
+                i,
+                encoded[i],
+                self._limit(max_tokens, len(encoded[i]), requests[i]),
+                ends_at(self.stop_ids, requests[i].prompt.stop, self.tokenizer),
+            )
+            for i in order
+        ]
+        running = generate_refilled(
+            self.model, jobs, batch_size=self.batch_size, pad_id=self.pad_id, device=self.device
+        )
+        try:
+            for job in running:
+                stop = requests[job.index].prompt.stop
+                ids, limit = job.generated, job.limit
+                yield (
+                    job.index,
+                    finish(self.tokenizer, ids, stop_ids=self.stop_ids, stop=stop, limit=limit),
+                )
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(self.batch_size, len(jobs[0].prompt), max_tokens) from None
 
     def _limit(self, max_tokens: int, prompt_tokens: int, request: Request) -> int:
         """New tokens for a batch whose longest prompt has `prompt_tokens`: `max_tokens`, or
@@ -129,3 +167,10 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def _out_of_memory(rows: int, prompt_tokens: int, max_tokens: int) -> L2SError:
+    return L2SError(
+        f"out of memory generating a batch of {rows} prompts of up to {prompt_tokens} tokens "
+        f"with --max-tokens {max_tokens}; lower --batch-size and rerun (results so far are kept)"
+    )
