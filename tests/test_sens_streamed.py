@@ -63,6 +63,8 @@ def test_streamed_sensitivity_and_alignment_equal_the_whole_model(
     loads = _watch_loads(monkeypatch)
     monkeypatch.setattr(models, "load_full_model", None)  # the whole model is never loaded
     monkeypatch.setattr(cal.sensitivity, "load_full_model", None)
+    # the output head in several blocks of 50 rows: labels and tied rows on block boundaries
+    monkeypatch.setattr(models, "ROW_BLOCK_BYTES", 50 * 4 * 32)
     streamed = cal.task_sensitivity(kids[0], base, samples, progress=False)
     _close(streamed, whole)
     # one part at a time: never more real weights than the largest layer plus the norm

@@ -6,8 +6,9 @@ Sensitivities (per chunk of calibration texts whose hidden states fit BOUNDARY_B
    (loaded, run on every text of the chunk, dropped), keeping each layer's input: the
    "boundary" hidden states.
 2. Backward from the top, one text at a time inside each part: the final norm and the output
-   head (read in blocks of rows; the loss gradient of the logits is exact, softmax − one-hot
-   over the token count), then each decoder layer from the last: loaded with its task vector
+   head (read in blocks of rows, twice per chunk: each text's log-sum-exp over the vocabulary,
+   then the loss gradient of each block's logits, exact: softmax − one-hot over the token
+   count), then each decoder layer from the last: loaded with its task vector
    δ, its forward recomputed from the saved input with gradients, Σ|δ ⊙ ∂L/∂θ| added to the
    layer's total, the input gradient passed down, the layer dropped. Last, the embedding rows
    the text used (tied to the head: the head's and the embedding's gradients are summed
@@ -19,8 +20,8 @@ gradients) to its final-norm outputs; the logits are made one text at a time fro
 read in blocks of rows.
 
 Peak memory: one decoder layer in float32 with its gradients and δ, the boundary hidden
-states of one chunk, one text's logits. The numbers equal the whole-model path's
-(calibration.sensitivity) to float32 round-off.
+states of one chunk, one block of the head's rows and each text's logits on it. The numbers
+equal the whole-model path's (calibration.sensitivity) to float32 round-off.
 """
 
 from __future__ import annotations
@@ -120,15 +121,6 @@ def _has_task_vector(stream: LayerStream, base: Checkpoint, names: Sequence[str]
     return False
 
 
-def _loss_gradient_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """In place: logits [N, vocab] -> ∂(mean cross-entropy)/∂logits = (softmax − one-hot)/N."""
-    for start in range(0, logits.shape[0], TOKEN_ROWS):
-        rows = logits[start : start + TOKEN_ROWS]
-        rows.sub_(rows.logsumexp(dim=1, keepdim=True)).exp_()
-    logits[torch.arange(logits.shape[0], device=logits.device), labels] -= 1.0
-    return logits.div_(logits.shape[0])
-
-
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
     for start in range(0, logits.shape[0], TOKEN_ROWS):
         rows = logits[start : start + TOKEN_ROWS]
@@ -184,51 +176,71 @@ class _Sweep:
         stream.load(stream.norm, norm_prefix)
         norm_params = [(f"{norm_prefix}.{n}", p) for n, p in stream.norm.named_parameters()]
         norm_deltas = [_read_task_vector(stream, self.base, n)[1] for n, _ in norm_params]
-        grads, tied = [], []
-        for sample, final in zip(ids, finals, strict=True):
+        inputs, normed = [], []
+        for final in finals:
             x = final.detach().requires_grad_(True)
             with torch.enable_grad():
-                normed = stream.norm(x)[0, :-1]
-            hidden_grad, kept = self._output_head(sample, normed.detach())
+                normed.append(stream.norm(x)[0, :-1])
+            inputs.append(x)
+        hidden_grads, tied = self._output_head(ids, [n.detach() for n in normed])
+        grads = []
+        for x, out_normed, hidden_grad in zip(inputs, normed, hidden_grads, strict=True):
             out = torch.autograd.grad(
-                normed, [x, *(p for _, p in norm_params)], hidden_grad, allow_unused=True
+                out_normed, [x, *(p for _, p in norm_params)], hidden_grad, allow_unused=True
             )
             for (name, _), delta, grad in zip(norm_params, norm_deltas, out[1:], strict=True):
                 self.add(name, delta, grad)
             grads.append(out[0])
-            tied.append(kept)
         stream.drop(stream.norm)
         return grads, tied
 
     def _output_head(
-        self, sample: torch.Tensor, hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, _TiedRows | None]:
-        """One text through the output head, read in blocks of rows: adds Σ|δ ⊙ ∂L/∂W| and
-        returns ∂L/∂(final-norm output), plus (tied) the rows its embedding shares."""
+        self, samples: list[torch.Tensor], hiddens: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[_TiedRows | None]]:
+        """The chunk's texts through the output head, read in blocks of rows twice per chunk
+        (not per text): first each text's log-sum-exp over the vocabulary, then per block the
+        loss gradient of the logits (softmax − one-hot, over the token count). Adds each
+        text's Σ|δ ⊙ ∂L/∂W| and returns ∂L/∂(final-norm output) per text, plus (tied) the
+        rows each text's embedding shares."""
         stream, device = self.stream, self.stream.device
-        probs = _loss_gradient_of_logits(stream.head_logits(hidden), sample[1:].to(device))
-        hidden_grad = torch.zeros_like(hidden)
-        kept = None
+        head = stream.head_name
+        labels = [sample[1:].to(device) for sample in samples]
+        log_norms = [h.new_full((h.shape[0],), -math.inf) for h in hiddens]
+        for start, stop in stream.head_blocks():
+            weight = stream.checkpoint.read_rows(head, start, stop).to(device, torch.float32)
+            for i, hidden in enumerate(hiddens):
+                block_norm = (hidden @ weight.T).logsumexp(dim=1)
+                log_norms[i] = torch.logaddexp(log_norms[i], block_norm)
+        hidden_grads = [torch.zeros_like(h) for h in hiddens]
+        kept: list[_TiedRows | None] = [None] * len(samples)
         if stream.tied:
-            rows = torch.unique(sample).to(device)
-            shape = (len(rows), hidden.shape[1])
-            dtype = self.base.info(stream.head_name).dtype
-            kept = _TiedRows(rows, hidden.new_zeros(shape), hidden.new_zeros(shape, dtype=dtype))
+            dtype = self.base.info(head).dtype
+            for i, (sample, hidden) in enumerate(zip(samples, hiddens, strict=True)):
+                rows = torch.unique(sample).to(device)
+                shape = (len(rows), hidden.shape[1])
+                kept[i] = _TiedRows(
+                    rows, hidden.new_zeros(shape), hidden.new_zeros(shape, dtype=dtype)
+                )
         total = 0.0
         for start, stop in stream.head_blocks():
-            weight, delta = _read_task_vector(stream, self.base, stream.head_name, start, stop)
-            block = probs[:, start:stop]
-            hidden_grad.addmm_(block, weight)
-            weight_grad = block.T @ hidden
-            if kept is not None:
-                inside = (kept.rows >= start) & (kept.rows < stop)
-                local = kept.rows[inside] - start
-                kept.grad[inside] = weight_grad[local]
-                kept.delta[inside] = delta[local]
-                weight_grad[local] = 0.0
-            total += abs_product_sum(delta, weight_grad)
-        self.totals[layer_group(stream.head_name)] += total
-        return hidden_grad, kept
+            weight, delta = _read_task_vector(stream, self.base, head, start, stop)
+            for i, hidden in enumerate(hiddens):
+                block = (hidden @ weight.T).sub_(log_norms[i][:, None]).exp_()
+                inside = (labels[i] >= start) & (labels[i] < stop)
+                block[inside.nonzero()[:, 0], labels[i][inside] - start] -= 1.0
+                block.div_(hidden.shape[0])
+                hidden_grads[i].addmm_(block, weight)
+                weight_grad = block.T @ hidden
+                tied = kept[i]
+                if tied is not None:
+                    within = (tied.rows >= start) & (tied.rows < stop)
+                    local = tied.rows[within] - start
+                    tied.grad[within] = weight_grad[local]
+                    tied.delta[within] = delta[local]
+                    weight_grad[local] = 0.0
+                total += abs_product_sum(delta, weight_grad)
+        self.totals[layer_group(head)] += total
+        return hidden_grads, kept
 
     def layer(
         self,
