@@ -102,6 +102,9 @@ class _RunningBatch:
         self.pad_id = pad_id
         self.device = device
         self.cache_argument = _cache_argument(model)
+        # logits of the last position only, where the model can (transformers >= 4.50)
+        parameters = inspect.signature(model.forward).parameters
+        self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self.jobs: list[Job] = []
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (rows, columns), 1 where a row has a token
@@ -113,7 +116,7 @@ class _RunningBatch:
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            **self.last_logits,
             **{self.cache_argument: cache},
         )
         return out.logits[:, -1, :].argmax(dim=-1).tolist()
@@ -148,7 +151,8 @@ class _RunningBatch:
     @torch.inference_mode()
     def release(self, rows: list[int]) -> None:
         """Drop `rows` from the batch, then the leading columns no remaining row uses."""
-        keep = [r for r in range(len(self.jobs)) if r not in set(rows)]
+        leaving = set(rows)
+        keep = [r for r in range(len(self.jobs)) if r not in leaving]
         self.jobs = [self.jobs[r] for r in keep]
         if not keep:
             self.cache = self.mask = self.lengths = None
