@@ -106,19 +106,22 @@ def projected_peak(s: dict, tokens: int, samples: int) -> dict[str, float]:
     `tokens` tokens (float32 math, bfloat16 checkpoints). The largest part wins: a decoder
     layer (float32 weights + one text's gradients + δ in bf16 + |δ ⊙ g| temporaries of its
     largest tensor + the recomputed layer's saved activations) or the output head's stage
-    (one text's logits and their softmax temporaries + one 64 MB block of rows with its
-    gradient and δ), plus the chunk's boundary hidden states (calibration budget, 1 GB, or
-    one text's when larger) and the gradients in flight. CPU staging: the two checkpoints'
+    (one block of rows, at most 16 MB in float32, with δ and its gradient, each text's logits
+    on it, and each text's final hidden state, its gradient and the norm's saved input), plus
+    the chunk's boundary hidden states (calibration budget, 1 GB, or one text's when larger)
+    and the gradients in flight. CPU staging: the two checkpoints'
     bf16 reads of the largest tensor."""
-    h, i, n_layers, vocab = s["hidden"], s["intermediate"], s["layers"], s["vocab"]
+    h, i, n_layers = s["hidden"], s["intermediate"], s["layers"]
     p_layer, p_max = layer_params(s)
     heads = s["heads"]
     activations = 4 * tokens * (10 * h + 5 * i) + 4 * tokens * tokens * heads
     layer_stage = 4 * p_layer + 4 * p_layer + 2 * p_layer + 8 * p_max + activations
-    block = 64 << 20
-    head_stage = 4 * tokens * vocab + 4 * 256 * vocab + 4 * block + 4 * tokens * h
+    block = 16 << 20
+    block_rows = block // (4 * h)
     per_text = 4 * tokens * h * (n_layers + 2)
     boundaries = min(samples * per_text, max(1 << 30, per_text))
+    texts = max(1, boundaries // per_text)  # in one chunk
+    head_stage = 3 * block + texts * (4 * tokens * block_rows + 3 * 4 * tokens * h)
     device = max(layer_stage, head_stage) + boundaries + 4 * tokens * h * 2
     staging = 2 * 2 * p_max
     return {
