@@ -148,3 +148,12 @@ def test_sliding_window_models_keep_static_batches(tmp_path):
     backend = HFBackend(str(path), batch_size=2, device="cpu")
     assert backend.batching == "static"
     assert len(dict(backend.generate(_requests(QUESTIONS[:3]), max_tokens=4))) == 3
+
+
+def test_sampled_runs_keep_static_batches(tiny):
+    """A sampled run's seeds are drawn per static batch: it keeps them, and says so."""
+    from l2smerge.eval.sampling import Sampling
+
+    sampled = HFBackend(str(tiny), batch_size=2, device="cpu", sampling=Sampling(0.6, 0.95, 1))
+    assert sampled.batching == "static"
+    assert len(dict(sampled.generate(_requests(QUESTIONS[:3]), max_tokens=4))) == 3
