@@ -11,6 +11,7 @@ run.json is written once the backend is ready, so an eval that fails before its 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,41 +87,166 @@ def evaluate(
     exactly once.
     """
     model = str(model)
+    sampling = _check_request(backend, limit, sampling, tasks)
+    notes = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    tokenizer = str(tokenizer) if tokenizer else None
+    options: dict[str, Any] = {**backend_opts, "device": device, "batch_size": batch_size}
+    plan = _plan(
+        model,
+        benches,
+        backend=backend,
+        data_dir=data_dir,
+        limit=limit,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        device=device,
+        responses=responses,
+        tokenizer=tokenizer,
+        allow_pickle=allow_pickle,
+        tasks=tasks,
+        judge=judge,
+        judge_options=judge_options,
+        sampling=sampling,
+        show_bars=progress and not quiet,
+    )
+    units = _units(plan.items, sampling, plan.replay)
+    run = RunDir(out_dir)
+    done = _run_pending(
+        plan,
+        units,
+        run,
+        model=model,
+        backend=backend,
+        options=options,
+        tokenizer=tokenizer,
+        responses=responses,
+        sampling=sampling,
+        notes=notes,
+        progress=progress and not quiet,
+        log_prompts=log_prompts,
+    )
+    records = [done[line_key(*it.key, s)] for it, s in units]
+    records += [done[it.key] for it in plan.task_items]
+    tokenizer_name = tokenizer or (model if backend in ("hf", "vllm") else None)
+    summary = summarize(
+        model,
+        records,
+        plan.bench_order,
+        backend=backend,
+        prompt=plan.identity["prompt"],
+        max_tokens=plan.identity["max_tokens"],
+        grader_version=GRADER_VERSION,
+        sampling=sampling.record() if plan.generated else None,
+        tokenizer=tokenizer_name,
+    )
+    if plan.coverage_judge is not None:
+        add_coverage(summary, records, plan.coverage_judge)
+    run.write_summary(summary)
+    return summary
+
+
+def _check_request(
+    backend: str,
+    limit: int | None,
+    sampling: Sampling | str | dict[str, Any] | None,
+    tasks: Sequence[str | Path] | None,
+) -> Sampling:
+    """The run's decoding, once the backend, limit and decoding are known to go together."""
     check_available(backend)
     if limit is not None and limit < 1:
         raise L2SError(f"--limit must be at least 1, got {limit}")
-    sampling = resolve_sampling(sampling)
-    if backend == "replay" and not sampling.greedy:
+    resolved = resolve_sampling(sampling)
+    if backend == "replay" and not resolved.greedy:
         raise L2SError(
             "--backend replay takes the responses as they are (a sampled log numbers them "
             "with `sample`); --temperature/--sampling/--samples do not apply"
         )
-    if tasks and not sampling.greedy:
+    if tasks and not resolved.greedy:
         raise L2SError(
             "free-form tasks (--task) are judged on one greedy response per item; evaluate "
             "them without --temperature/--sampling, in a run of their own"
         )
-    notes = Console(stderr=True, quiet=quiet, soft_wrap=True)
-    tokenizer = str(tokenizer) if tokenizer else None
-    options: dict[str, Any] = {**backend_opts, "device": device, "batch_size": batch_size}
+    return resolved
 
+
+@dataclass
+class _Plan:
+    """What an evaluation will do, settled before any model loads: the items, the prompt, the
+    limit, the run's identity (eval/identity.py) and the coverage judge for task items."""
+
+    items: list[Item]
+    task_items: list[Any]
+    bench_order: list[str]
+    replay: Any | None  # the replay backend, which is also where the items come from
+    generated: bool  # False for replayed responses (made under an unknown protocol)
+    builder: PromptBuilder
+    loaded_tokenizer: Any | None
+    max_tokens: int
+    identity: dict[str, Any]
+    coverage_judge: Any | None
+
+
+def _select_items(
+    model: str,
+    benches: str | Sequence[str] | None,
+    *,
+    backend: str,
+    data_dir: str | Path | None,
+    limit: int | None,
+    responses: str | Path | None,
+    tokenizer: str | None,
+    tasks: Sequence[str | Path] | None,
+) -> tuple[list[Item], list[Any], Any | None]:
+    """The benchmark items, the task items and (for a replay) the replay backend."""
     task_items = load_task_items(tasks, limit)
-    replay = None
-    if backend == "replay":
-        replay = make_backend(backend, model, responses=responses, tokenizer=tokenizer)
-        items = _replay_items(replay, benches, data_dir, limit, task_items)
-        task_items = _replayed_task_items(replay, task_items, limit)
-        if replay.sampled and task_items:
-            raise L2SError(
-                f"replay file {replay.path} numbers its responses with `sample`; free-form "
-                "tasks are judged on one response per item"
-            )
-        replay.check_token_counts([it.key for it in items] + [it.key for it in task_items])
-    else:
+    if backend != "replay":
         if benches is None and not task_items:
             raise L2SError("no benchmark given; pass --bench gsm8k,math500,... or --task FILE")
         names = parse_bench_names(benches) if benches is not None else []
-        items = [it for b in names for it in load_items(b, data_dir, limit)]
+        return [it for b in names for it in load_items(b, data_dir, limit)], task_items, None
+    replay = make_backend(backend, model, responses=responses, tokenizer=tokenizer)
+    items = _replay_items(replay, benches, data_dir, limit, task_items)
+    task_items = _replayed_task_items(replay, task_items, limit)
+    if replay.sampled and task_items:
+        raise L2SError(
+            f"replay file {replay.path} numbers its responses with `sample`; free-form "
+            "tasks are judged on one response per item"
+        )
+    replay.check_token_counts([it.key for it in items] + [it.key for it in task_items])
+    return items, task_items, replay
+
+
+def _plan(
+    model: str,
+    benches: str | Sequence[str] | None,
+    *,
+    backend: str,
+    data_dir: str | Path | None,
+    limit: int | None,
+    prompt: str,
+    max_tokens: int | None,
+    batch_size: int | None,
+    device: str | None,
+    responses: str | Path | None,
+    tokenizer: str | None,
+    allow_pickle: bool,
+    tasks: Sequence[str | Path] | None,
+    judge: str,
+    judge_options: dict[str, Any] | None,
+    sampling: Sampling,
+    show_bars: bool,
+) -> _Plan:
+    items, task_items, replay = _select_items(
+        model,
+        benches,
+        backend=backend,
+        data_dir=data_dir,
+        limit=limit,
+        responses=responses,
+        tokenizer=tokenizer,
+        tasks=tasks,
+    )
     bench_order = list(dict.fromkeys([it.bench for it in items] + [t.task for t in task_items]))
 
     generated = backend != "replay"  # replayed responses were made under an unknown protocol
@@ -132,7 +258,7 @@ def evaluate(
         check_device(device)
 
     model_id = model_identity(model, backend, allow_pickle=allow_pickle, responses=responses)
-    with quiet_transformers(show_bars=progress and not quiet):
+    with quiet_transformers(show_bars=show_bars):
         if replay is not None:
             loaded_tokenizer = replay.tokenizer
         elif backend in ("hf", "vllm"):
@@ -154,86 +280,96 @@ def evaluate(
             judge=coverage_judge.info() if coverage_judge is not None else None,
         ),
     }
+    return _Plan(
+        items,
+        task_items,
+        bench_order,
+        replay,
+        generated,
+        builder,
+        loaded_tokenizer,
+        max_tokens,
+        identity,
+        coverage_judge,
+    )
 
-    run = RunDir(out_dir)
-    engine: Backend | None = replay
+
+def _run_pending(
+    plan: _Plan,
+    units: list[tuple[Item, int | None]],
+    run: RunDir,
+    *,
+    model: str,
+    backend: str,
+    options: dict[str, Any],
+    tokenizer: str | None,
+    responses: str | Path | None,
+    sampling: Sampling,
+    notes: Console,
+    progress: bool,
+    log_prompts: bool,
+) -> dict[Any, dict[str, Any]]:
+    """Generate and grade (or judge) what results.jsonl does not have yet; return every
+    result line by key. The backend loads only when something is missing."""
+    engine: Backend | None = plan.replay
     try:
         done = run.load_results()
-        run.check_identity(identity, has_results=bool(done))
-        units = _units(items, sampling, replay)
+        run.check_identity(plan.identity, has_results=bool(done))
         todo = [(it, s) for it, s in units if line_key(*it.key, s) not in done]
-        task_todo = [it for it in task_items if it.key not in done]
-        rejudge = [it for it in task_items if it.key in done and needs_judging(done[it.key])]
-        limit_tokens = max_tokens
+        task_todo = [it for it in plan.task_items if it.key not in done]
+        rejudge = [it for it in plan.task_items if it.key in done and needs_judging(done[it.key])]
+        limit_tokens = plan.max_tokens
         if todo or task_todo:
             if engine is None:
-                with quiet_transformers(show_bars=progress and not quiet):
+                with quiet_transformers(show_bars=progress):
                     engine = make_backend(
-                        backend, model, tokenizer=loaded_tokenizer, sampling=sampling, **options
+                        backend,
+                        model,
+                        tokenizer=plan.loaded_tokenizer,
+                        sampling=sampling,
+                        **options,
                     )
             _check_loaded(engine, model)
-            limit_tokens = _cap_to_context(engine, model, max_tokens, notes)
+            limit_tokens = _cap_to_context(engine, model, plan.max_tokens, notes)
             session = session_record(
                 backend,
                 {"tokenizer": tokenizer, "responses": responses, **options},
                 items=len(todo) + len(task_todo),
                 stop_token_ids=list(engine.stop_ids),
                 context_length=engine.context_length,
+                bos_token=(
+                    _bos_token(plan.loaded_tokenizer) if plan.builder.name != "chat" else None
+                ),
+                sampling=sampling.record() if plan.generated else None,
                 batching=getattr(engine, "batching", None),  # hf: "refill" or "static"
-                bos_token=_bos_token(loaded_tokenizer) if builder.name != "chat" else None,
-                sampling=sampling.record() if generated else None,
             )
-            template = builder.template if prompted else None
-            run.write_info(identity, session, model=model, prompt_template=template)
+            prompted = plan.generated and bool(plan.items)
+            template = plan.builder.template if prompted else None
+            run.write_info(plan.identity, session, model=model, prompt_template=template)
             with quiet_transformers():
                 if todo:
                     _generate_and_grade(
-                        engine,
-                        builder,
-                        todo,
-                        limit_tokens,
-                        run,
-                        done,
-                        progress and not quiet,
-                        log_prompts,
+                        engine, plan.builder, todo, limit_tokens, run, done, progress, log_prompts
                     )
         if task_todo or rejudge:
             with quiet_transformers():
                 generate_and_judge(
                     engine,
-                    coverage_judge,
+                    plan.coverage_judge,
                     task_todo,
                     rejudge,
                     limit_tokens,
                     run,
                     done,
-                    progress and not quiet,
+                    progress,
                 )
     finally:
         run.close()
         if engine is not None:
             engine.close()
-        if coverage_judge is not None:
-            coverage_judge.close()
-
-    records = [done[line_key(*it.key, s)] for it, s in units]
-    records += [done[it.key] for it in task_items]
-    tokenizer_name = tokenizer or (model if backend in ("hf", "vllm") else None)
-    summary = summarize(
-        model,
-        records,
-        bench_order,
-        backend=backend,
-        prompt=identity["prompt"],
-        max_tokens=identity["max_tokens"],
-        grader_version=GRADER_VERSION,
-        sampling=sampling.record() if generated else None,
-        tokenizer=tokenizer_name,
-    )
-    if coverage_judge is not None:
-        add_coverage(summary, records, coverage_judge)
-    run.write_summary(summary)
-    return summary
+        if plan.coverage_judge is not None:
+            plan.coverage_judge.close()
+    return done
 
 
 def resolve_prompt_and_limit(
