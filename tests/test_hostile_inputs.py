@@ -1049,3 +1049,34 @@ def test_password_in_the_base_url_is_never_printed_or_written(tmp_path, lab_data
     one_line(proc.returncode, proc.stderr, "user:***@127.0.0.1", "ConnectError")
     assert SECRET not in proc.stdout + proc.stderr
     assert all(SECRET not in p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_failed_eval_exits_without_waiting_for_requests_in_flight(tmp_path, lab_data):
+    """A server error on one request ends the run at once, though another request is still
+    waiting on a server that does not answer (its timeout is 600 s): nothing holds the
+    process open."""
+    gate = threading.Event()
+    asked: list[int] = []
+
+    def reply(body):
+        asked.append(1)
+        if len(asked) == 1:
+            return _reply("x", usage={"completion_tokens": -3})  # a fatal server error
+        gate.wait(timeout=120)  # the others hang
+        return _reply("\\boxed{1}")
+
+    server = Server(reply)
+    try:
+        started = time.monotonic()
+        result = run(
+            "eval", "served", "--backend", "openai", "--base-url", server.url,
+            "--concurrency", "2", "--bench", "lab", "--data-dir", lab_data,
+            "--no-progress", "-o", tmp_path / "run",
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    finally:
+        gate.set()
+        server.close()
+    one_line(result.returncode, result.stderr, "without a token count")
+    assert len(asked) >= 2, "the second request was never in flight"
+    assert elapsed < 60, f"the process stayed alive {elapsed:.0f} s after the error"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 import httpx
@@ -30,6 +30,7 @@ from l2smerge.eval.backends.base import (
     load_tokenizer,
 )
 from l2smerge.eval.sampling import Sampling, sample_seed
+from l2smerge.util.daemon_pool import DaemonPool
 from l2smerge.util.errors import L2SError
 from l2smerge.util.redact import redact
 
@@ -217,7 +218,7 @@ class OpenAIBackend:
     ) -> Iterator[tuple[int, Generation]]:
         if requests:  # a prompt the chosen --api cannot send fails before any request
             self.api_for(requests[0].prompt.raw)
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="l2s-http")
+        pool = DaemonPool(self.concurrency, "l2s-http")
         pending: dict[Future[dict[str, Any]], int] = {}
         queue = iter(range(len(requests)))
         try:
@@ -241,7 +242,7 @@ class OpenAIBackend:
                     if nxt is not None:
                         pending[pool.submit(self._post, requests[nxt], max_tokens)] = nxt
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
     def close(self) -> None:
         self.client.close()

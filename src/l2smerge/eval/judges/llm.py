@@ -20,7 +20,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from l2smerge.eval.judges.verdicts import (
     point_status,
 )
 from l2smerge.eval.tasks import KeyPoint
+from l2smerge.util.daemon_pool import DaemonPool
 from l2smerge.util.errors import L2SError
 
 DEFAULT_API_KEY_ENV = "L2SMERGE_JUDGE_API_KEY"
@@ -373,7 +374,7 @@ class LLMJudge:
         )
 
     def judge(self, requests: Sequence[JudgeRequest]) -> Iterator[tuple[int, Judgement]]:
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="l2s-judge")
+        pool = DaemonPool(self.concurrency, "l2s-judge")
         pending: dict[Future[_Asked], _Pending] = {}
         try:
             for index, request in enumerate(requests):
@@ -396,7 +397,7 @@ class LLMJudge:
             while pending:
                 yield from self._finish(requests, pending, FIRST_COMPLETED)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
     def _finish(
         self,
