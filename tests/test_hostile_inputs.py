@@ -93,6 +93,12 @@ def run(*args: str, cwd: Path | None = None, prefix: tuple[str, ...] = ()):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def served_eval(url: str, lab_data: Path, run_dir: Path, *options: str) -> list:
+    """`eval` arguments for the lab benchmark against an OpenAI-compatible server at `url`."""
+    return ["eval", "served", "--backend", "openai", "--base-url", url, "--bench", "lab",
+            "--data-dir", lab_data, *options, "-o", run_dir]  # fmt: skip
+
+
 def _edit_header(path: Path, edit) -> None:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -365,23 +371,9 @@ def test_two_evals_into_one_run_directory(tmp_path, lab_data):
     """The second process stops at once; the first writes every item exactly once."""
     gate = threading.Event()  # the server answers nothing until the second process is done
     server = Server(lambda body: _reply("\\boxed{1}"), gate=gate)
-    args = [
-        "eval",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--concurrency",
-        "1",
-        "--bench",
-        "lab",
-        "--data-dir",
-        lab_data,
-        "--no-progress",
-        "-o",
-        tmp_path / "run",
-    ]
+    args = served_eval(
+        server.url, lab_data, tmp_path / "run", "--concurrency", "1", "--no-progress"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(
         [sys.executable, "-m", "l2smerge", *map(str, args)],
@@ -646,21 +638,7 @@ def test_malformed_server_replies(tmp_path, lab_data, monkeypatch, capsys, reply
         code, err = cli(
             monkeypatch,
             capsys,
-            "eval",
-            "served",
-            "--backend",
-            "openai",
-            "--base-url",
-            server.url,
-            "--retries",
-            "0",
-            "--bench",
-            "lab",
-            "--data-dir",
-            lab_data,
-            "--no-progress",
-            "-o",
-            tmp_path / "run",
+            *served_eval(server.url, lab_data, tmp_path / "run", "--retries", "0", "--no-progress"),
         )
     finally:
         server.close()
@@ -682,18 +660,7 @@ def test_malformed_base_url(tmp_path, lab_data, monkeypatch, capsys, url):
     code, err = cli(
         monkeypatch,
         capsys,
-        "eval",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--bench",
-        "lab",
-        "--data-dir",
-        lab_data,
-        "-o",
-        tmp_path / "run",
+        *served_eval(url, lab_data, tmp_path / "run"),
     )
     one_line(code, err, "--base-url")
     assert SECRET not in err
@@ -804,21 +771,7 @@ def test_api_key_echoed_by_a_server_is_never_printed_or_written(tmp_path, lab_da
     server = Server(echo)
     try:
         proc = run(
-            "eval",
-            "served",
-            "--backend",
-            "openai",
-            "--base-url",
-            server.url,
-            "--retries",
-            "0",
-            "--bench",
-            "lab",
-            "--data-dir",
-            lab_data,
-            "--no-progress",
-            "-o",
-            tmp_path / "run",
+            *served_eval(server.url, lab_data, tmp_path / "run", "--retries", "0", "--no-progress"),
         )
     finally:
         server.close()
@@ -831,18 +784,7 @@ def test_api_key_in_a_response_is_not_written(tmp_path, lab_data):
     server = Server(lambda body: _reply(f"the key is {SECRET}. \\boxed{{1}}"))
     try:
         proc = run(
-            "eval",
-            "served",
-            "--backend",
-            "openai",
-            "--base-url",
-            server.url,
-            "--bench",
-            "lab",
-            "--data-dir",
-            lab_data,
-            "-o",
-            tmp_path / "run",
+            *served_eval(server.url, lab_data, tmp_path / "run"),
         )
     finally:
         server.close()
@@ -1030,21 +972,7 @@ def test_password_in_the_base_url_is_never_printed_or_written(tmp_path, lab_data
         port = s.getsockname()[1]
     url = f"http://user:{SECRET}@127.0.0.1:{port}/v1"
     proc = run(
-        "eval",
-        "served",
-        "--backend",
-        "openai",
-        "--base-url",
-        url,
-        "--retries",
-        "0",
-        "--bench",
-        "lab",
-        "--data-dir",
-        lab_data,
-        "--no-progress",
-        "-o",
-        tmp_path / "run",
+        *served_eval(url, lab_data, tmp_path / "run", "--retries", "0", "--no-progress"),
     )
     one_line(proc.returncode, proc.stderr, "user:***@127.0.0.1", "ConnectError")
     assert SECRET not in proc.stdout + proc.stderr
@@ -1069,10 +997,10 @@ def test_a_failed_eval_exits_without_waiting_for_requests_in_flight(tmp_path, la
     try:
         started = time.monotonic()
         result = run(
-            "eval", "served", "--backend", "openai", "--base-url", server.url,
-            "--concurrency", "2", "--bench", "lab", "--data-dir", lab_data,
-            "--no-progress", "-o", tmp_path / "run",
-        )  # fmt: skip
+            *served_eval(
+                server.url, lab_data, tmp_path / "run", "--concurrency", "2", "--no-progress"
+            ),
+        )
         elapsed = time.monotonic() - started
     finally:
         gate.set()
