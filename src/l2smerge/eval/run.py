@@ -180,6 +180,7 @@ class _Plan:
     bench_order: list[str]
     replay: Any | None  # the replay backend, which is also where the items come from
     generated: bool  # False for replayed responses (made under an unknown protocol)
+    prompted: bool  # benchmark items rendered with the run's prompt (not only task items)
     builder: PromptBuilder
     loaded_tokenizer: Any | None
     max_tokens: int
@@ -286,6 +287,7 @@ def _plan(
         bench_order,
         replay,
         generated,
+        prompted,
         builder,
         loaded_tokenizer,
         max_tokens,
@@ -343,8 +345,7 @@ def _run_pending(
                 sampling=sampling.record() if plan.generated else None,
                 batching=getattr(engine, "batching", None),  # hf: "refill" or "static"
             )
-            prompted = plan.generated and bool(plan.items)
-            template = plan.builder.template if prompted else None
+            template = plan.builder.template if plan.prompted else None
             run.write_info(plan.identity, session, model=model, prompt_template=template)
             with quiet_transformers():
                 if todo:
