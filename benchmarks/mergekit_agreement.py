@@ -3,8 +3,9 @@
 Builds (under --workdir, never in the repository) a small random Qwen2-shaped base and three
 "fine-tuned" children (base + noise), stored in float32 and again in bfloat16 (bf16 task
 vectors tie at the TIES threshold by the thousand, which exercises mergekit's tie-breaking).
-The embedding and LM head (vocab 32768 × hidden 128, 16.8 MB in float32) are above the
-executor's 16 MB block size, so TIES also runs in row blocks there. Then every recipe below is
+The embedding and LM head (vocab 65536 × hidden 128, 33.6 MB in float32) are above the
+executor's 1 MB block size and TIES's 32 MB whole-buffer limit, so TIES runs in row blocks
+there with its thresholds from a sampled window (methods/sparsify.py). Then every recipe below is
 merged with `mergekit-yaml` and with `l2smerge merge RECIPE.yml`, both computing in float32
 (`dtype: float32`) and writing float32 (`out_dtype: float32`, or --out-dtype), and compared
 tensor by tensor:
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-SHAPES = dict(layers=4, hidden=128, intermediate=256, heads=4, kv_heads=2, head_dim=32, vocab=32768)
+SHAPES = dict(layers=4, hidden=128, intermediate=256, heads=4, kv_heads=2, head_dim=32, vocab=65536)
 MERGEKIT_VERSION = "0.1.5"
 
 

@@ -369,10 +369,12 @@ def test_existing_output_needs_force(trio, tmp_path, monkeypatch, capsys):
         ("ties", {"density": [0.0, 1.0]}),
     ],
 )
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffer", "streamed-trim"])
 def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
-    trio, tmp_path, monkeypatch, method, parameters
+    trio, tmp_path, monkeypatch, method, parameters, streamed
 ):
     import l2smerge.merge.executor as merge_module
+    import l2smerge.methods.sparsify as sparsify
 
     base, m1, _ = trio
     big = _grow_vocab(m1, tmp_path / "big", rows=8, seed=3)  # vocabulary rule in blocks too
@@ -386,6 +388,8 @@ def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
     )
     whole = run_merge(config, tmp_path / "whole", progress=False)
     monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)  # every matrix in blocks of rows
+    if streamed:  # TIES thresholds from a sampled window, not a whole-tensor buffer
+        monkeypatch.setattr(sparsify, "STREAMED_TRIM_BYTES", 0)
     plan = merge_module.plan_merge(config.relative_to(tmp_path))
     assert all(j.block_rows for j in plan.jobs if len(j.shape) == 2)
     blocks = run_merge(config, tmp_path / "blocks", progress=False)

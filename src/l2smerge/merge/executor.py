@@ -559,7 +559,7 @@ def _merge_blocks(
     """An elementwise merge of a large tensor, one block of rows at a time (the next block is
     read while this one is computed): memory is a few blocks, not a few copies of the tensor.
     A method with `block_stats` (TIES) first streams the blocks once to compute its
-    whole-tensor statistics (one float32 buffer of the tensor's size). Returns the bytes read."""
+    whole-tensor statistics. Returns the bytes read."""
     assert job.block_rows is not None
     out_rows = job.shape[0]
     shared = job.shared_rows if job.shared_rows is not None else out_rows
@@ -581,19 +581,30 @@ def _merge_blocks(
         n_models = len(plan.models)
         (base_ckpt, base_name) = job.sources[n_models]
 
-        def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
+        def task_vector_rows(k: int, start: int, stop: int) -> torch.Tensor:
             nonlocal read_bytes
             ckpt, stored = job.sources[k]
-            for start in range(0, shared, job.block_rows):  # type: ignore[arg-type]
-                stop = min(start + job.block_rows, shared)  # type: ignore[operator]
-                model = ckpt.read_rows(stored, start, stop)
-                base = base_ckpt.read_rows(base_name, start, stop)
-                read_bytes += model.nbytes + base.nbytes
-                yield model.to(torch.float32).sub_(base.to(torch.float32))
+            model = ckpt.read_rows(stored, start, stop)
+            base = base_ckpt.read_rows(base_name, start, stop)
+            read_bytes += model.nbytes + base.nbytes
+            return model.to(torch.float32).sub_(base.to(torch.float32))
+
+        def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
+            rows = job.block_rows
+            assert rows is not None
+            for start in range(0, shared, rows):
+                yield task_vector_rows(k, start, min(start + rows, shared))
 
         numel = shared * math.prod(job.shape[1:])
         try:
-            stats = block_stats(task_vector_blocks, n_models, numel, **resolver.resolve(job.name))
+            stats = block_stats(
+                task_vector_blocks,
+                n_models,
+                numel,
+                task_vector_rows=task_vector_rows,
+                rows=shared,
+                **resolver.resolve(job.name),
+            )
         except ValueError as exc:
             raise L2SError(f"tensor {job.name!r}: {plan.config.method}: {exc}") from exc
         per_tensor = [*per_tensor, lambda _name: stats]

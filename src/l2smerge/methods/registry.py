@@ -39,8 +39,10 @@ import torch
 CONTEXT_ARGS = frozenset({"tensor_name", "generator", "importance", "thresholds", "block_offset"})
 
 MethodFn = Callable[..., torch.Tensor]
-# block_stats(task_vector_blocks, n_models, numel, **params) -> extra kwargs for fn, where
-# task_vector_blocks(k) yields model k's task vector (float32) one block of rows at a time.
+# block_stats(task_vector_blocks, n_models, numel, *, task_vector_rows, rows, **params) ->
+# extra kwargs for fn, where task_vector_blocks(k) yields model k's task vector (float32) one
+# block of rows at a time, task_vector_rows(k, start, stop) reads its rows start..stop-1 (one
+# positioned read per input) and `rows` is the tensor's number of rows.
 BlockStatsFn = Callable[..., dict[str, Any]]
 # A method that needs statistics (AIM's activations, Sens's sensitivities) or checks the
 # whole merge registers `prepare(config, params, *, progress) -> per_tensor`: `config` is the

@@ -198,6 +198,120 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, **rules: str) -> torc
     return trim_by_magnitude_(delta.clone(), density, **rules)
 
 
+# Above this many bytes of float32 |δ| a magnitude trim over row blocks keeps no whole-tensor
+# buffer: a fresh buffer that size is page-faulted in for every tensor (it is beyond glibc's
+# mmap threshold), which costs more than the selection, and it is a model's largest single
+# allocation (a 7B embedding: 2.2 GB). Below it the buffer is reused from the heap.
+STREAMED_TRIM_BYTES = 32 << 20
+SAMPLE_GROUPS = 256  # groups of consecutive rows in the sample a streamed trim starts from
+SAMPLE_SHARE = 32  # about one row in this many is sampled
+MAX_MARGIN = 0.15  # widest window (share of entries on each side of the threshold) worth it
+
+
+def sample_row_groups(n_rows: int) -> list[tuple[int, int]]:
+    """Evenly spaced groups of consecutive rows (start, stop) covering ~1/SAMPLE_SHARE of
+    `n_rows`: a few positioned reads, not one per sampled row."""
+    groups = min(SAMPLE_GROUPS, n_rows)
+    size = max(1, n_rows // (SAMPLE_SHARE * groups))
+    starts = sorted({i * n_rows // groups for i in range(groups)})
+    return [(a, min(a + size, n_rows)) for a in starts]
+
+
+def window_bounds(groups: list[torch.Tensor], share: float) -> tuple[float, float] | None:
+    """(low, high): magnitudes between which the entry at rank `share` (from the top) of the
+    whole tensor lies, with high confidence, judged from |δ| of sampled groups of rows. The
+    window is four cluster-sampling standard errors wide on each side (the groups' own shares
+    above the estimate vary as much as the tensor's rows do) plus 0.1%. high is inf when the
+    window reaches the top. None when the window would hold more than 2·MAX_MARGIN of the
+    entries, reach the bottom or hold zeros: the caller then keeps a whole-tensor buffer."""
+    magnitudes = [g.reshape(-1).abs() for g in groups]
+    sample = torch.cat(magnitudes)
+    n = sample.numel()
+    if n == 0:
+        return None
+    estimate = float(kth_largest_(sample.clone(), min(n, max(1, round(share * n)))))
+    shares = torch.tensor([float((m >= estimate).float().mean()) for m in magnitudes])
+    spread = float(shares.std()) if len(shares) > 1 else 0.5
+    margin = 4.0 * spread / math.sqrt(len(shares)) + 1e-3
+    if margin > MAX_MARGIN:
+        return None
+    low_rank = math.ceil((share + margin) * n)
+    if low_rank >= n:
+        return None
+    low = float(kth_largest_(sample.clone(), low_rank))
+    high_rank = math.floor((share - margin) * n)
+    high = math.inf if high_rank < 1 else float(kth_largest_(sample, high_rank))
+    if low <= 0.0:  # zeros in the window: it could hold most of the tensor
+        return None
+    return low, high
+
+
+@dataclass(frozen=True)
+class StreamedSelection:
+    """What one streamed pass learns about the keep-th largest |δ|."""
+
+    threshold: float
+    greater: int  # entries with |δ| > threshold
+    equal: int  # entries with |δ| == threshold
+
+
+def streamed_threshold(
+    blocks: Iterator[torch.Tensor], low: float, high: float, keep: int, limit: int
+) -> StreamedSelection | None:
+    """The keep-th largest |δ| of a task vector streamed in blocks, holding only the entries
+    with low <= |δ| <= high (both ends in: stored weights are few-bit numbers, so magnitudes
+    tie often) and a count of those > high. None when the keep-th largest is not in that
+    window (the sample misled) or the window grows past `limit` entries."""
+    # One buffer for the window, filled in order: only its filled pages are ever touched
+    # (beyond the allocator's mmap threshold it is a fresh mapping). Keeping each block's
+    # few selected entries as small tensors instead fragmented the heap between the blocks'
+    # megabyte temporaries: +216 MB of peak memory on a 0.5B embedding for a 5 MB window.
+    window = torch.empty(limit, dtype=torch.float32)
+    above, held = 0, 0
+    for block in blocks:
+        magnitude = block.reshape(-1).abs_()
+        if high != math.inf:
+            above += int(torch.count_nonzero(magnitude > high))
+            inside = magnitude[(magnitude >= low) & (magnitude <= high)]
+        else:
+            inside = magnitude[magnitude >= low]
+        if held + inside.numel() > limit:
+            return None
+        window[held : held + inside.numel()] = inside
+        held += inside.numel()
+        del magnitude, inside
+    rank = keep - above  # the keep-th largest overall is the rank-th largest of the window
+    if not 0 < rank <= held:
+        return None
+    values = window[:held]
+    threshold = float(kth_largest_(values, rank))
+    greater = above + int(torch.count_nonzero(values > threshold))
+    return StreamedSelection(threshold, greater, int(torch.count_nonzero(values == threshold)))
+
+
+def _streamed_trim(
+    blocks: Callable[[], Iterator[torch.Tensor]],
+    sample: Callable[[], list[torch.Tensor]],
+    numel: int,
+    keep: int,
+    tie_break: str,
+) -> MagnitudeTrim | None:
+    """A magnitude trim decided in one streamed pass (see magnitude_trims), or None where
+    that cannot decide it exactly."""
+    bounds = window_bounds(sample(), keep / numel)
+    if bounds is None:
+        return None
+    low, high = bounds
+    # the window holds about 2·margin of the entries (0.3 at most, see window_bounds); more
+    # means the sample misled, and the buffer is cheaper than going on
+    selection = streamed_threshold(blocks(), low, high, keep, int(numel * (3 * MAX_MARGIN)))
+    if selection is None:
+        return None
+    if tie_break == "mergekit" and selection.greater + selection.equal > keep:
+        return None  # surplus ties at the threshold: mergekit's argsort order needs the whole
+    return MagnitudeTrim(selection.threshold)
+
+
 def magnitude_trims(
     task_vector_blocks: Callable[[int], Iterator[torch.Tensor]],
     n_models: int,
@@ -206,13 +320,39 @@ def magnitude_trims(
     *,
     tie_break: str = "l2smerge",
     rescale: str = "none",
+    task_vector_rows: Callable[[int, int, int], torch.Tensor] | None = None,
+    rows: int = 0,
 ) -> list[MagnitudeTrim]:
     """Each model's trim (as trim_by_magnitude_ decides it), from its task vector streamed in
     blocks of rows: one float32 buffer of |δk|, reused for every model, instead of the inputs,
-    the task vector and |δk| all held at once."""
+    the task vector and |δk| all held at once.
+
+    A tensor over STREAMED_TRIM_BYTES whose `rows` rows can be read by `task_vector_rows(k,
+    start, stop)` keeps no such buffer: a sample of rows bounds a window of magnitudes around
+    the threshold, one pass counts the entries above it and keeps those inside, and the
+    threshold is selected among them: the same threshold, exactly. Where that cannot decide
+    it (the sample misled, l1 rescaling, mergekit's rule meeting surplus ties) the buffer is
+    used after all."""
     buffer: torch.Tensor | None = None
     trims = []
+    streamable = (
+        task_vector_rows is not None
+        and rows > 0
+        and rescale == "none"
+        and numel * 4 > STREAMED_TRIM_BYTES
+    )
     for k in range(n_models):
+        keep = keep_count(densities[k], numel, tie_break)
+        if streamable and 0 < keep < numel:
+            assert task_vector_rows is not None
+
+            def sample(k: int = k) -> list[torch.Tensor]:
+                return [task_vector_rows(k, a, b) for a, b in sample_row_groups(rows)]
+
+            trim = _streamed_trim(lambda k=k: task_vector_blocks(k), sample, numel, keep, tie_break)
+            if trim is not None:
+                trims.append(trim)
+                continue
 
         def fill(out: torch.Tensor, k: int = k) -> None:
             filled = 0
@@ -222,7 +362,7 @@ def magnitude_trims(
                 filled += n
             assert filled == numel, (filled, numel)
 
-        if buffer is None and 0 < keep_count(densities[k], numel, tie_break) < numel:
+        if buffer is None and 0 < keep < numel:
             buffer = torch.empty(numel, dtype=torch.float32)
         trims.append(
             plan_magnitude_trim(

@@ -174,12 +174,21 @@ def _ties_trims(
     density=0.2,
     rescale="none",
     tie_break="l2smerge",
+    task_vector_rows=None,
+    rows=0,
     **_: object,
 ) -> dict[str, list[MagnitudeTrim]]:
     """First pass of a blockwise TIES: each model's trim decided over the whole tensor."""
     densities = per_model(density, n_models, "density")
     trims = magnitude_trims(
-        task_vector_blocks, n_models, numel, densities, tie_break=tie_break, rescale=rescale
+        task_vector_blocks,
+        n_models,
+        numel,
+        densities,
+        tie_break=tie_break,
+        rescale=rescale,
+        task_vector_rows=task_vector_rows,
+        rows=rows,
     )
     return {"thresholds": trims}
 
