@@ -396,6 +396,34 @@ def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
     assert (blocks / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
 
 
+def test_a_first_pass_failing_on_its_thread_names_the_tensor_and_leaves_no_output(
+    trio, tmp_path, monkeypatch
+):
+    """TIES's first pass for the next blocked tensor runs on a thread of its own while this
+    one is merged: its error reaches the caller, names its tensor, and nothing is left."""
+    import l2smerge.merge.executor as merge_module
+    import l2smerge.methods.task_vector as task_vector
+    from l2smerge.util.errors import L2SError
+
+    base, m1, m2 = trio
+    monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)
+    trims = task_vector.magnitude_trims
+    seen: list[int] = []
+
+    def third_fails(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 3:
+            raise ValueError("boom")
+        return trims(*args, **kwargs)
+
+    monkeypatch.setattr(task_vector, "magnitude_trims", third_fails)
+    config = MergeConfig.build(method="ties", models=[m1, m2], base=base)
+    blocked = [j.name for j in merge_module.plan_merge(config).jobs if j.block_rows]
+    with pytest.raises(L2SError, match=f"tensor '{blocked[2]}': ties: boom"):
+        run_merge(config, tmp_path / "o", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_input_hashes_are_file_sha256s_and_cached(trio, tmp_path, monkeypatch):
     import hashlib
     import os

@@ -548,6 +548,50 @@ def _merge_one(
     return result
 
 
+def _shared_rows(job: TensorJob) -> int:
+    """Rows every input has (all of them unless the vocabulary rule applies)."""
+    return job.shared_rows if job.shared_rows is not None else job.shape[0]
+
+
+def _block_statistics(
+    plan: MergePlan, job: TensorJob, resolver: ParameterResolver
+) -> tuple[dict[str, Any], int]:
+    """The first pass of a method with `block_stats` (TIES thresholds) over a tensor merged in
+    blocks: its whole-tensor statistics from the task vectors streamed in row blocks. Returns
+    them and the bytes read."""
+    assert job.block_rows is not None and plan.method.block_stats is not None
+    shared, rows_per_block = _shared_rows(job), job.block_rows
+    n_models = len(plan.models)
+    base_ckpt, base_name = job.sources[n_models]
+    read_bytes = 0
+
+    def task_vector_rows(k: int, start: int, stop: int) -> torch.Tensor:
+        nonlocal read_bytes
+        ckpt, stored = job.sources[k]
+        model = ckpt.read_rows(stored, start, stop)
+        base = base_ckpt.read_rows(base_name, start, stop)
+        read_bytes += model.nbytes + base.nbytes
+        return model.to(torch.float32).sub_(base.to(torch.float32))
+
+    def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
+        for start in range(0, shared, rows_per_block):
+            yield task_vector_rows(k, start, min(start + rows_per_block, shared))
+
+    numel = shared * math.prod(job.shape[1:])
+    try:
+        stats = plan.method.block_stats(
+            task_vector_blocks,
+            n_models,
+            numel,
+            task_vector_rows=task_vector_rows,
+            rows=shared,
+            **resolver.resolve(job.name),
+        )
+    except ValueError as exc:
+        raise L2SError(f"tensor {job.name!r}: {plan.config.method}: {exc}") from exc
+    return stats, read_bytes
+
+
 def _merge_blocks(
     plan: MergePlan,
     job: TensorJob,
@@ -555,14 +599,15 @@ def _merge_blocks(
     resolver: ParameterResolver,
     per_tensor: list[Callable[[str], dict[str, Any]]],
     pool: ThreadPoolExecutor,
+    stats: dict[str, Any] | None = None,
 ) -> int:
     """An elementwise merge of a large tensor, one block of rows at a time (the next block is
     read while this one is computed): memory is a few blocks, not a few copies of the tensor.
-    A method with `block_stats` (TIES) first streams the blocks once to compute its
-    whole-tensor statistics. Returns the bytes read."""
+    A method with `block_stats` (TIES) gets the whole-tensor `stats` of its first pass
+    (_block_statistics) with every block. Returns the bytes read."""
     assert job.block_rows is not None
     out_rows = job.shape[0]
-    shared = job.shared_rows if job.shared_rows is not None else out_rows
+    shared = _shared_rows(job)
     block_job = dataclasses.replace(job, shared_rows=None, reference=None)
     blocks = [(a, min(a + job.block_rows, shared)) for a in range(0, shared, job.block_rows)]
     if job.reference is not None:  # vocabulary rule: the rows only the reference has
@@ -576,37 +621,7 @@ def _merge_blocks(
         return [ckpt.read_rows(stored, start, stop) for ckpt, stored in sources]  # type: ignore[misc]
 
     read_bytes = 0
-    block_stats = plan.method.block_stats
-    if block_stats is not None:  # first pass: statistics over the whole tensor (TIES thresholds)
-        n_models = len(plan.models)
-        (base_ckpt, base_name) = job.sources[n_models]
-
-        def task_vector_rows(k: int, start: int, stop: int) -> torch.Tensor:
-            nonlocal read_bytes
-            ckpt, stored = job.sources[k]
-            model = ckpt.read_rows(stored, start, stop)
-            base = base_ckpt.read_rows(base_name, start, stop)
-            read_bytes += model.nbytes + base.nbytes
-            return model.to(torch.float32).sub_(base.to(torch.float32))
-
-        def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
-            rows = job.block_rows
-            assert rows is not None
-            for start in range(0, shared, rows):
-                yield task_vector_rows(k, start, min(start + rows, shared))
-
-        numel = shared * math.prod(job.shape[1:])
-        try:
-            stats = block_stats(
-                task_vector_blocks,
-                n_models,
-                numel,
-                task_vector_rows=task_vector_rows,
-                rows=shared,
-                **resolver.resolve(job.name),
-            )
-        except ValueError as exc:
-            raise L2SError(f"tensor {job.name!r}: {plan.config.method}: {exc}") from exc
+    if stats is not None:
         per_tensor = [*per_tensor, lambda _name: stats]
     pending = pool.submit(read, blocks[0])
     for i, (start, _) in enumerate(blocks):
@@ -624,6 +639,47 @@ def _merge_blocks(
             _check_reference_rows(job, raw[0], shared)
             writer.write(job.name, raw[0].to(job.dtype))
     return read_bytes
+
+
+class StatisticsAhead:
+    """Runs the first pass of a `block_stats` method (TIES thresholds) for the next tensor
+    merged in blocks on a thread of its own, while this tensor is merged: the selection
+    (numpy's partition, one core) and the second read of the inputs overlap the merge
+    arithmetic. One first pass is in flight at a time (one extra |δ| buffer)."""
+
+    def __init__(self, plan: MergePlan, resolver: ParameterResolver) -> None:
+        self.plan, self.resolver = plan, resolver
+        jobs = [
+            i
+            for i, job in enumerate(plan.jobs)
+            if job.block_rows is not None and plan.method.block_stats is not None
+        ]
+        self._jobs = set(jobs)
+        self._next = dict(zip(jobs, jobs[1:], strict=False))  # job -> the next one
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2smerge-stats") if jobs else None
+        )
+        self._pending: dict[int, Future] = {}
+
+    def _submit(self, index: int) -> None:
+        assert self._pool is not None
+        job = self.plan.jobs[index]
+        self._pending[index] = self._pool.submit(_block_statistics, self.plan, job, self.resolver)
+
+    def get(self, index: int) -> tuple[dict[str, Any] | None, int]:
+        """Job `index`'s statistics and bytes read ((None, 0) if it has none); starts the next
+        one's."""
+        if index not in self._jobs:
+            return None, 0
+        if index not in self._pending:
+            self._submit(index)
+        if index in self._next:
+            self._submit(self._next[index])
+        return self._pending.pop(index).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress(enabled: bool):
@@ -665,6 +721,7 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
     read_bytes = 0
     start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2smerge-read")
+    ahead = StatisticsAhead(plan, resolver)
     try:
         with _progress(progress) as bar:
             task = bar.add_task("merge", total=len(plan.jobs), gb=0.0, rate=0.0)
@@ -677,7 +734,11 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
                     pool.submit(_read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
                 )
                 if job.block_rows is not None:
-                    read_bytes += _merge_blocks(plan, job, writer, resolver, per_tensor, pool)
+                    stats, stats_bytes = ahead.get(i)
+                    read_bytes += stats_bytes
+                    read_bytes += _merge_blocks(
+                        plan, job, writer, resolver, per_tensor, pool, stats
+                    )
                 else:
                     read_bytes += sum(t.numel() * t.element_size() for t in raw)
                     merged = _merge_one(plan, job, raw, ref, resolver, per_tensor)
@@ -691,6 +752,7 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
         writer.abort()
         raise
     finally:
+        ahead.close()
         pool.shutdown(wait=True, cancel_futures=True)
     return {
         "num_tensors": len(plan.jobs),
