@@ -23,6 +23,7 @@ a project dependency: `--install-mergekit` puts it in its own venv (default
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -235,6 +236,7 @@ def main() -> None:
     shapes = {**SHAPES, "layers": args.layers}
     if args.io_floor:
         io_floor(*args.io_floor)
+        gc.freeze()  # exits as `l2smerge` does, without the last full garbage collection
         return
     if args.build_trio:
         build_trio(args.build_trio, shapes)
