@@ -224,13 +224,20 @@ def window_bounds(groups: list[torch.Tensor], share: float) -> tuple[float, floa
     above the estimate vary as much as the tensor's rows do) plus 0.1%. high is inf when the
     window reaches the top. None when the window would hold more than 2·MAX_MARGIN of the
     entries, reach the bottom or hold zeros: the caller then keeps a whole-tensor buffer."""
-    magnitudes = [g.reshape(-1).abs() for g in groups]
-    sample = torch.cat(magnitudes)
+    sample = torch.cat([g.reshape(-1).abs() for g in groups])  # on the CPU, as groups are
     n = sample.numel()
     if n == 0:
         return None
-    estimate = float(kth_largest_(sample.clone(), min(n, max(1, round(share * n)))))
-    shares = torch.tensor([float((m >= estimate).float().mean()) for m in magnitudes])
+
+    def kth_largest(*ranks: int) -> list[float]:  # on one scratch copy, reordered each time
+        positions = [n - r for r in ranks]
+        work.partition(positions)
+        return [float(work[p]) for p in positions]
+
+    work = sample.numpy().copy()
+    (estimate,) = kth_largest(min(n, max(1, round(share * n))))
+    per_group = sample.split([g.numel() for g in groups])
+    shares = torch.tensor([float((g >= estimate).float().mean()) for g in per_group])
     spread = float(shares.std()) if len(shares) > 1 else 0.5
     margin = 4.0 * spread / math.sqrt(len(shares)) + 1e-3
     if margin > MAX_MARGIN:
@@ -238,9 +245,11 @@ def window_bounds(groups: list[torch.Tensor], share: float) -> tuple[float, floa
     low_rank = math.ceil((share + margin) * n)
     if low_rank >= n:
         return None
-    low = float(kth_largest_(sample.clone(), low_rank))
     high_rank = math.floor((share - margin) * n)
-    high = math.inf if high_rank < 1 else float(kth_largest_(sample, high_rank))
+    if high_rank < 1:
+        (low,), high = kth_largest(low_rank), math.inf
+    else:
+        low, high = kth_largest(low_rank, high_rank)
     if low <= 0.0:  # zeros in the window: it could hold most of the tensor
         return None
     return low, high
