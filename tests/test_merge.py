@@ -424,6 +424,42 @@ def test_a_first_pass_failing_on_its_thread_names_the_tensor_and_leaves_no_outpu
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "method, cores, expected",
+    [
+        ("task_arithmetic", 2, 1),  # the read-ahead thread keeps one core busy
+        ("ties", 2, 1),  # read-ahead and the next tensor's first pass: at least one thread
+        ("ties", 4, 2),
+        ("task_arithmetic", 16, 3),  # never more than the caller's setting
+        ("dare_ta", 2, 3),  # whole tensors: the caller's setting
+    ],
+)
+def test_blocked_merges_leave_a_core_to_each_busy_helper_thread(
+    trio, tmp_path, monkeypatch, method, cores, expected
+):
+    import l2smerge.merge.executor as merge_module
+
+    base, m1, m2 = trio
+    monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(merge_module.os, "cpu_count", lambda: cores)
+    merge_one, seen = merge_module._merge_one, set()
+
+    def recording(*args, **kwargs):
+        seen.add(torch.get_num_threads())
+        return merge_one(*args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "_merge_one", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        config = MergeConfig.build(method=method, models=[m1, m2], base=base)
+        run_merge(config, tmp_path / "o", progress=False)
+        assert seen == {expected}
+        assert torch.get_num_threads() == 3  # restored
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_input_hashes_are_file_sha256s_and_cached(trio, tmp_path, monkeypatch):
     import hashlib
     import os
