@@ -146,6 +146,35 @@ def test_non_finite_input_found_midway_leaves_nothing(pair, tmp_path, monkeypatc
     _fails(monkeypatch, capsys, tmp_path, args, last, "holds NaN or Inf", str(broken))
 
 
+@pytest.mark.parametrize("broken_input", ["model", "base"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["buffer", "streamed-trim"])
+def test_non_finite_input_of_a_tensor_ties_merges_in_blocks(
+    pair, tmp_path, monkeypatch, capsys, broken_input, streamed
+):
+    """TIES checks a blocked tensor's inputs in its first pass (on the task vector), not
+    again in the second: a NaN in either input is still named with its file."""
+    import l2smerge.merge.executor as executor
+    import l2smerge.methods.sparsify as sparsify
+
+    monkeypatch.setattr(executor, "BLOCK_BYTES", 1000)
+    if streamed:
+        monkeypatch.setattr(sparsify, "STREAMED_TRIM_BYTES", 0)
+    base, _ = pair
+    model = make_tiny_model(tmp_path / "model", seed=1, base=base)  # one file, to edit
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def poison(state):
+        state[name][-1, -2] = float("nan")
+
+    if broken_input == "model":
+        model = broken = _copy_single(model, tmp_path / "broken", poison)
+    else:
+        base = broken = _copy_single(base, tmp_path / "broken", poison)
+    capsys.readouterr()  # making the model printed progress bars
+    args = ["--base", base, "--model", model, "--method", "ties"]
+    _fails(monkeypatch, capsys, tmp_path, args, name, "holds NaN or Inf", str(broken))
+
+
 def test_pickle_checkpoints_need_allow_pickle(pair, tmp_path, monkeypatch, capsys):
     base, _ = pair
     binary = tmp_path / "binary"

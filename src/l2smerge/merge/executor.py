@@ -71,6 +71,7 @@ class TensorJob:
     reference: tuple[Checkpoint, str] | None = None
     copy_only: bool = False  # non-float tensors: copied from the reference
     block_rows: int | None = None  # elementwise method on a large tensor: rows per block
+    inputs_checked: bool = False  # every input already found finite (TIES's first pass)
 
 
 @dataclass
@@ -501,7 +502,7 @@ def _merge_one(
                 raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
 
     linear = method.linear
-    if not linear:  # checked on the way in: TIES/DARE would silently drop a NaN entry
+    if not linear and not job.inputs_checked:  # TIES/DARE would silently drop a NaN entry
         check_inputs(inputs)
     tensors, base = inputs[:n_models], (inputs[n_models] if len(inputs) > n_models else None)
     kwargs = resolver.resolve(job.name)
@@ -555,10 +556,13 @@ def _shared_rows(job: TensorJob) -> int:
 
 def _block_statistics(
     plan: MergePlan, job: TensorJob, resolver: ParameterResolver
-) -> tuple[dict[str, Any], int]:
+) -> tuple[dict[str, Any], int, bool]:
     """The first pass of a method with `block_stats` (TIES thresholds) over a tensor merged in
-    blocks: its whole-tensor statistics from the task vectors streamed in row blocks. Returns
-    them and the bytes read."""
+    blocks: its whole-tensor statistics from the task vectors streamed in row blocks. Each
+    task vector block is checked finite on the way (one pass over δ; a NaN or Inf in either
+    input shows there), so the second pass need not check the inputs again when every
+    model's task vector was read whole. Returns the statistics, the bytes read and whether
+    every input was checked."""
     assert job.block_rows is not None and plan.method.block_stats is not None
     shared, rows_per_block = _shared_rows(job), job.block_rows
     n_models = len(plan.models)
@@ -571,11 +575,23 @@ def _block_statistics(
         model = ckpt.read_rows(stored, start, stop)
         base = base_ckpt.read_rows(base_name, start, stop)
         read_bytes += model.nbytes + base.nbytes
-        return model.to(torch.float32).sub_(base.to(torch.float32))
+        delta = model.to(torch.float32).sub_(base.to(torch.float32))  # may reuse model's
+        if not _finite(delta):
+            for source, name in (job.sources[k], job.sources[n_models]):
+                if not _finite(source.read_rows(name, start, stop).to(torch.float32)):
+                    raise L2SError(f"{source.path}: tensor {job.name!r} holds NaN or Inf values")
+            raise L2SError(
+                f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the "
+                "method overflowed float32; check its parameters)"
+            )
+        return delta
+
+    read_whole: set[int] = set()  # models whose task vector was read to its last row
 
     def task_vector_blocks(k: int) -> Iterator[torch.Tensor]:
         for start in range(0, shared, rows_per_block):
             yield task_vector_rows(k, start, min(start + rows_per_block, shared))
+        read_whole.add(k)
 
     numel = shared * math.prod(job.shape[1:])
     try:
@@ -589,7 +605,7 @@ def _block_statistics(
         )
     except ValueError as exc:
         raise L2SError(f"tensor {job.name!r}: {plan.config.method}: {exc}") from exc
-    return stats, read_bytes
+    return stats, read_bytes, len(read_whole) == n_models
 
 
 def _merge_blocks(
@@ -600,6 +616,7 @@ def _merge_blocks(
     per_tensor: list[Callable[[str], dict[str, Any]]],
     pool: ThreadPoolExecutor,
     stats: dict[str, Any] | None = None,
+    inputs_checked: bool = False,
 ) -> int:
     """An elementwise merge of a large tensor, one block of rows at a time (the next block is
     read while this one is computed): memory is a few blocks, not a few copies of the tensor.
@@ -608,7 +625,9 @@ def _merge_blocks(
     assert job.block_rows is not None
     out_rows = job.shape[0]
     shared = _shared_rows(job)
-    block_job = dataclasses.replace(job, shared_rows=None, reference=None)
+    block_job = dataclasses.replace(
+        job, shared_rows=None, reference=None, inputs_checked=inputs_checked
+    )
     blocks = [(a, min(a + job.block_rows, shared)) for a in range(0, shared, job.block_rows)]
     if job.reference is not None:  # vocabulary rule: the rows only the reference has
         blocks += [
@@ -667,11 +686,11 @@ class StatisticsAhead:
         job = self.plan.jobs[index]
         self._pending[index] = self._pool.submit(_block_statistics, self.plan, job, self.resolver)
 
-    def get(self, index: int) -> tuple[dict[str, Any] | None, int]:
-        """Job `index`'s statistics and bytes read ((None, 0) if it has none); starts the next
-        one's."""
+    def get(self, index: int) -> tuple[dict[str, Any] | None, int, bool]:
+        """Job `index`'s statistics, bytes read and whether its inputs were checked ((None, 0,
+        False) if it has none); starts the next one's."""
         if index not in self._jobs:
-            return None, 0
+            return None, 0, False
         if index not in self._pending:
             self._submit(index)
         if index in self._next:
@@ -752,10 +771,10 @@ def execute(plan: MergePlan, out_dir: Path, *, progress: bool = True) -> dict[st
                     pool.submit(_read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
                 )
                 if job.block_rows is not None:
-                    stats, stats_bytes = ahead.get(i)
+                    stats, stats_bytes, checked = ahead.get(i)
                     read_bytes += stats_bytes
                     read_bytes += _merge_blocks(
-                        plan, job, writer, resolver, per_tensor, pool, stats
+                        plan, job, writer, resolver, per_tensor, pool, stats, checked
                     )
                 else:
                     read_bytes += sum(t.numel() * t.element_size() for t in raw)
