@@ -281,7 +281,10 @@ def streamed_threshold(
         magnitude = block.reshape(-1).abs_()
         if high != math.inf:
             above += int(torch.count_nonzero(magnitude > high))
-            inside = magnitude[(magnitude >= low) & (magnitude <= high)]
+            if low == high:  # one magnitude tied by more entries than the window's share
+                inside = magnitude[magnitude == low]
+            else:
+                inside = magnitude[(magnitude >= low) & (magnitude <= high)]
         else:
             inside = magnitude[magnitude >= low]
         if held + inside.numel() > limit:
