@@ -364,8 +364,18 @@ def main() -> None:
         "\nratios of medians (targets: TA/io_floor <= 1.2, TIES/io_floor <= 1.8, "
         "TIES/mergekit time <= 0.5, RSS <= 0.3):"
     )
+    targets = {  # issue 14 (the floor) and issue 2 (mergekit)
+        "l2smerge TA / io_floor time": 1.2,
+        "l2smerge TIES / io_floor time": 1.8,
+        "l2smerge TIES / mergekit time": 0.5,
+        "l2smerge TA / mergekit peak RSS": 0.3,
+        "l2smerge TIES / mergekit peak RSS": 0.3,
+    }
     for k, v in ratios.items():
-        print(f"  {k:40s} {v:6.2f}")
+        verdict = ""
+        if k in targets:
+            verdict = f"  {'met' if v <= targets[k] else 'MISSED'} (<= {targets[k]})"
+        print(f"  {k:40s} {v:6.2f}{verdict}")
     for k in [k for k in results if k.startswith("agreement")]:
         print(f"  {k}: {results[k]}")
     record = {
