@@ -390,6 +390,7 @@ def test_blockwise_methods_in_row_blocks_give_the_same_bytes(
     monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)  # every matrix in blocks of rows
     if streamed:  # TIES thresholds from a sampled window, not a whole-tensor buffer
         monkeypatch.setattr(sparsify, "STREAMED_TRIM_BYTES", 0)
+        monkeypatch.setattr(sparsify, "MAX_SAMPLE_SHARE", 1.0)  # tiny tensors: few rows
     plan = merge_module.plan_merge(config.relative_to(tmp_path))
     assert all(j.block_rows for j in plan.jobs if len(j.shape) == 2)
     blocks = run_merge(config, tmp_path / "blocks", progress=False)

@@ -155,3 +155,33 @@ def test_sample_groups_are_sorted_disjoint_and_cover_a_small_share():
         assert all(b1 <= a2 for (_, b1), (a2, _) in zip(groups, groups[1:], strict=False))
         covered = sum(b - a for a, b in groups)
         assert covered <= max(256, rows // 16)
+
+
+def test_a_tensor_of_few_rows_keeps_the_buffer_instead_of_sampling_most_of_it(monkeypatch):
+    """Fused experts (one row per expert) would be sampled whole: the buffer is cheaper."""
+    delta = torch.randn(16, 4096, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(sparsify, "STREAMED_TRIM_BYTES", 0)
+    planned, filled = sparsify.plan_magnitude_trim, []
+
+    def counting(fill, *args, **kwargs):
+        filled.append(1)
+        return planned(fill, *args, **kwargs)
+
+    monkeypatch.setattr(sparsify, "plan_magnitude_trim", counting)
+    read: list[tuple[int, int]] = []
+
+    def rows(_k: int, a: int, b: int) -> torch.Tensor:
+        read.append((a, b))
+        return delta[a:b].clone()
+
+    (trim,) = magnitude_trims(
+        lambda _k: (delta[s : s + 4].clone() for s in range(0, 16, 4)),
+        1,
+        delta.numel(),
+        [0.2],
+        task_vector_rows=rows,
+        rows=16,
+    )
+    assert filled == [1] and read == []  # no sample was read
+    parts = [apply_magnitude_trim_(delta[s : s + 4].clone(), trim, s * 4096) for s in (0, 4, 8, 12)]
+    assert torch.equal(torch.cat(parts), trim_by_magnitude(delta, 0.2))

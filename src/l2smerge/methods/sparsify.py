@@ -207,6 +207,9 @@ STREAMED_TRIM_BYTES = 32 << 20
 SAMPLE_GROUPS = 256  # groups of consecutive rows in the sample a streamed trim starts from
 SAMPLE_SHARE = 32  # about one row in this many is sampled
 MAX_MARGIN = 0.15  # widest window (share of entries on each side of the threshold) worth it
+# Most of a tensor the sample may be: a tensor of few rows (fused experts, one per row) would
+# otherwise be sampled whole, held three times over and read once more than by the buffer.
+MAX_SAMPLE_SHARE = 1 / 8
 
 
 def sample_row_groups(n_rows: int) -> list[tuple[int, int]]:
@@ -345,9 +348,10 @@ def magnitude_trims(
     A tensor over STREAMED_TRIM_BYTES whose `rows` rows can be read by `task_vector_rows(k,
     start, stop)` keeps no such buffer: a sample of rows bounds a window of magnitudes around
     the threshold, one pass counts the entries above it and keeps those inside, and the
-    threshold is selected among them: the same threshold, exactly. Where that cannot decide
-    it (the sample misled, l1 rescaling, mergekit's rule meeting surplus ties) the buffer is
-    used after all."""
+    threshold is selected among them: the same threshold, exactly (for finite task vectors:
+    the executor checks them first). Where that cannot decide it (the sample misled, l1
+    rescaling, mergekit's rule meeting surplus ties, too few rows for a small sample) the
+    buffer is used after all."""
     buffer: torch.Tensor | None = None
     trims = []
     streamable = (
@@ -355,6 +359,7 @@ def magnitude_trims(
         and rows > 0
         and rescale == "none"
         and numel * 4 > STREAMED_TRIM_BYTES
+        and sum(b - a for a, b in sample_row_groups(rows)) <= MAX_SAMPLE_SHARE * rows
     )
     for k in range(n_models):
         keep = keep_count(densities[k], numel, tie_break)
