@@ -442,7 +442,7 @@ def test_blocked_merges_leave_a_core_to_each_busy_helper_thread(
 
     base, m1, m2 = trio
     monkeypatch.setattr(merge_module, "BLOCK_BYTES", 1000)
-    monkeypatch.setattr(merge_module.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(merge_module, "_available_cores", lambda: cores)
     merge_one, seen = merge_module._merge_one, set()
 
     def recording(*args, **kwargs):

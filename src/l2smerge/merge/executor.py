@@ -724,6 +724,13 @@ def _progress(enabled: bool):
     )
 
 
+def _available_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _threads_for_blocks(plan: MergePlan, helpers: int) -> Iterator[None]:
     """For a method that merges in 1 MB blocks, torch's intra-op threads up to one core per
@@ -734,7 +741,7 @@ def _threads_for_blocks(plan: MergePlan, helpers: int) -> Iterator[None]:
     before = torch.get_num_threads()
     blocked = plan.method.elementwise or plan.method.block_stats is not None
     if blocked and plan.device.type == "cpu":
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - helpers)))
+        torch.set_num_threads(max(1, min(before, _available_cores() - helpers)))
     try:
         yield
     finally:
