@@ -5,6 +5,7 @@ functions so `l2smerge --help` is fast."""
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import importlib
 import sys
@@ -86,13 +87,18 @@ def _print_error(message: str) -> None:
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True)
 
 
+@functools.cache
+def _skip_last_collection_at_exit() -> None:
+    """At exit, skip the interpreter's last garbage collection, which walks every object torch
+    created: 0.4 of the 0.55 s an exit took after `import torch` here. Exit handlers still
+    run first and the memory goes with the process; registered for exit (once), not done
+    now, so a caller of main() in a long-lived process (the tests) keeps collecting."""
+    atexit.register(gc.freeze)
+
+
 def main() -> None:
     warnings.showwarning = _show_warning
-    # At exit, skip the interpreter's last garbage collection, which walks every object torch
-    # created: 0.4 of the 0.55 s an exit took after `import torch` here. Exit handlers still
-    # run first and the memory goes with the process; registered for exit, not done now, so
-    # a caller of main() in a long-lived process (the tests) keeps collecting as usual.
-    atexit.register(gc.freeze)
+    _skip_last_collection_at_exit()
     try:
         app()
     except L2SError as exc:
