@@ -454,6 +454,17 @@ def _finite(t: torch.Tensor) -> bool:
     return math.isfinite(low) and math.isfinite(high)
 
 
+def _non_finite_input(ckpt: Checkpoint, name: str) -> L2SError:
+    return L2SError(f"{ckpt.path}: tensor {name!r} holds NaN or Inf values")
+
+
+def _non_finite_result(name: str) -> L2SError:
+    return L2SError(
+        f"tensor {name!r}: the merge produced NaN/Inf (inputs are finite: the method "
+        "overflowed float32; check its parameters)"
+    )
+
+
 def _overflow(low: float, high: float, dtype: torch.dtype) -> str | None:
     """Why finite values in [low, high] do not fit `dtype` (they would become inf), or None."""
     if not dtype.is_floating_point:
@@ -504,7 +515,7 @@ def _merge_one(
     def check_inputs(inputs: list[torch.Tensor]) -> None:
         for (ckpt, _), t in zip(job.sources, inputs, strict=True):
             if not _finite(t):
-                raise L2SError(f"{ckpt.path}: tensor {job.name!r} holds NaN or Inf values")
+                raise _non_finite_input(ckpt, job.name)
 
     linear = method.linear
     if not linear and not job.inputs_checked:  # TIES/DARE would silently drop a NaN entry
@@ -535,10 +546,7 @@ def _merge_one(
     if not (math.isfinite(low) and math.isfinite(high)):
         if linear:  # a non-finite input shows in a linear method's output: name its file
             check_inputs(inputs)
-        raise L2SError(
-            f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the method "
-            "overflowed float32; check its parameters)"
-        )
+        raise _non_finite_result(job.name)
     problem = _overflow(low, high, job.dtype)
     if problem:
         raise L2SError(f"tensor {job.name!r}: the merged {problem}")
@@ -584,11 +592,8 @@ def _block_statistics(
         if not _finite(delta):
             for source, name in (job.sources[k], job.sources[n_models]):
                 if not _finite(source.read_rows(name, start, stop).to(torch.float32)):
-                    raise L2SError(f"{source.path}: tensor {job.name!r} holds NaN or Inf values")
-            raise L2SError(
-                f"tensor {job.name!r}: the merge produced NaN/Inf (inputs are finite: the "
-                "method overflowed float32; check its parameters)"
-            )
+                    raise _non_finite_input(source, job.name)
+            raise _non_finite_result(job.name)
         return delta
 
     read_whole: set[int] = set()  # models whose task vector was read to its last row
